@@ -1,0 +1,67 @@
+"""``dretriever <command>``: each subcommand is a thin ``main(argv)`` in its own module.
+
+Arguments are dataclasses parsed by ``transformers.HfArgumentParser``; a single ``.yaml`` argument
+is read as a config file (``dretriever train recipes/star.yaml``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shlex
+import sys
+from typing import Sequence
+
+from .errors import DretrieverError
+
+# name -> (module with main(argv), one-line help). The module is imported only when its command runs.
+COMMANDS = {
+    "index build": ("dretriever.commands.index_build", "encode a corpus into a sharded, resumable FAISS index"),
+    "eval beir": ("dretriever.commands.eval_beir", "evaluate BM25, dense and hybrid on BEIR through Pyserini"),
+    "regress": ("dretriever.commands.regress", "rerun eval/regressions.yaml entries and fail on a miss"),
+    "train": ("dretriever.commands.train", "train a retriever from a recipe (contriever, star, adore, tas-balanced)"),
+    "mine": ("dretriever.commands.mine", "mine static hard negatives from an index"),
+    "teacher": ("dretriever.commands.teacher", "write teacher scores (bi-encoder, BM25, fusion, cross-encoder)"),
+    "datastore build": ("dretriever.commands.datastore_build", "raw text -> passages -> sharded index"),
+    "serve": ("dretriever.commands.serve", "serve an index over HTTP (FastAPI + uvicorn)"),
+}
+
+
+def parse(dataclass_type, argv: Sequence[str]):
+    """Parse ``argv`` (or one YAML file) into ``dataclass_type`` with HfArgumentParser."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_type)
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        (args,) = parser.parse_yaml_file(argv[0])
+    else:
+        (args,) = parser.parse_args_into_dataclasses(args=list(argv))
+    return args
+
+
+def command_line() -> str:
+    return "dretriever " + shlex.join(sys.argv[1:])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if name in COMMANDS:
+            module = importlib.import_module(COMMANDS[name][0])
+            try:
+                return int(module.main(argv[words:]) or 0)
+            except DretrieverError as e:
+                print(f"dretriever {name}: error: {e}", file=sys.stderr)
+                return 2
+    print("usage: dretriever <command> [options]   (--help after a command for its options)\n\ncommands:",
+          file=sys.stderr)
+    for name, (_, help_text) in COMMANDS.items():
+        print(f"  {name:16s} {help_text}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""BEIR evaluation through Pyserini: BM25 (Lucene), dense (sharded FAISS) and their fusion.
+
+For each dataset: build or reuse the indexes, retrieve the top-k for every judged query of the split,
+write TREC runs, drop hits whose id equals the query id (Pyserini's ``--remove-query``), and score with
+Pyserini's trec_eval. Several datasets give one table with an average row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.beir import BeirDataset, load_beir
+from ..encoder import BiEncoder
+from ..errors import DretrieverError
+from ..index.build import build_index, corpus_source
+from ..search.bm25 import BM25Searcher, build_bm25_index
+from ..search.dense import DenseSearcher
+from ..search.fusion import fuse
+from ..search.types import Run, remove_query_ids, write_trec_run
+from .metrics import METRICS, score_run, write_trec_qrels
+from .report import print_table, write_report
+
+log = logging.getLogger(__name__)
+SYSTEMS = ("bm25", "dense", "hybrid")
+RESULTS_ENV = "DRETRIEVER_RESULTS"  # `dretriever regress` reads each scored row from this JSONL file
+
+
+@dataclass
+class EvalArgs:
+    data: list[str] = field(metadata={"help": "BEIR dataset folders (corpus.jsonl, queries.jsonl, qrels/)"})
+    model: str = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "dense model"})
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS), metadata={"help": "bm25 dense hybrid"})
+    split: str = "test"
+    shards: int = 4
+    factory: str = field(default="Flat", metadata={"help": "faiss index_factory string (Flat, HNSW32, IVF1024,PQ64)"})
+    index_root: str = field(default="indexes", metadata={"help": "where indexes are built and reused"})
+    output_dir: str = field(default="eval/reports/latest", metadata={"help": "report.md/json/png and runs/"})
+    k: int = 1000
+    batch_size: int = 64
+    precision: str = "auto"
+    fusion: str = field(default="rrf", metadata={"help": "rrf | interpolation"})
+    alpha: float = field(default=0.5, metadata={"help": "weight of the dense run for interpolation"})
+    remove_query: bool = True
+    label: str | None = field(default=None, metadata={"help": "name of the dense system in the report"})
+
+    def __post_init__(self):
+        unknown = [s for s in self.systems if s not in SYSTEMS]
+        if unknown:
+            raise DretrieverError(f"systems: unknown {unknown}; choose from {list(SYSTEMS)}")
+        if self.k <= 0:
+            raise DretrieverError(f"k: must be positive, got {self.k}")
+        if self.fusion not in ("rrf", "interpolation"):
+            raise DretrieverError(f"fusion: expected rrf or interpolation, got {self.fusion!r}")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(text.rstrip("/")) or text).strip("-")
+
+
+def dense_index_dir(args: EvalArgs, dataset: str) -> Path:
+    return Path(args.index_root) / f"{dataset}.{slug(args.model)}.{slug(args.factory)}.s{args.shards}"
+
+
+def dense_run(args: EvalArgs, ds: BeirDataset) -> Run:
+    root = dense_index_dir(args, ds.name)
+    encoder = BiEncoder.from_pretrained(args.model)
+    source = corpus_source(ds.corpus, args.shards, {"path": str(ds.path.resolve() / "corpus.jsonl")})
+    build_index(source, encoder, root, model=args.model, factory=args.factory,
+                batch_size=args.batch_size, precision=args.precision)
+    searcher = DenseSearcher.load(root, model=args.model, precision=args.precision)
+    return searcher.search(ds.queries, k=args.k)
+
+
+def bm25_run(args: EvalArgs, ds: BeirDataset) -> Run:
+    root = build_bm25_index(ds.corpus, Path(args.index_root) / f"{ds.name}.bm25-flat")
+    return BM25Searcher(root).search(ds.queries, k=args.k)
+
+
+def evaluate(args: EvalArgs, command: str) -> list[dict]:
+    out = Path(args.output_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    label = args.label or slug(args.model)
+    rows: list[dict] = []
+    for data in args.data:
+        ds = load_beir(data, split=args.split)
+        log.info("%s: %d documents, %d %s queries", ds.name, len(ds.corpus), len(ds.queries), args.split)
+        qrels_path = out / "runs" / f"{ds.name}.{args.split}.qrels"
+        write_trec_qrels(ds.qrels, qrels_path)
+        runs: dict[str, Run] = {}
+        if "bm25" in args.systems or "hybrid" in args.systems:
+            runs["bm25"] = bm25_run(args, ds)
+        if "dense" in args.systems or "hybrid" in args.systems:
+            runs[label] = dense_run(args, ds)
+        if "hybrid" in args.systems:
+            runs[f"hybrid({label}+bm25,{args.fusion})"] = fuse(runs[label], runs["bm25"], args.fusion, args.alpha, args.k)
+        wanted = {"bm25": "bm25" in args.systems, label: "dense" in args.systems}
+        for system, run in runs.items():
+            if not wanted.get(system, True):
+                continue
+            if args.remove_query:
+                run = remove_query_ids(run)
+            run_path = out / "runs" / f"{ds.name}.{slug(system)}.trec"
+            write_trec_run(run, run_path, tag=slug(system))
+            scores = score_run(qrels_path, run_path)
+            row = {"dataset": ds.name, "system": system, **scores, "command": command, "run": str(run_path)}
+            rows.append(row)
+            _record(row)
+    metrics = list(METRICS.values())
+    notes = [f"Split `{args.split}`, top-{args.k}, scored by Pyserini's trec_eval -c. Dense model `{args.model}` "
+             f"({args.factory}, {args.shards} shards); fusion `{args.fusion}`."]
+    paths = write_report(rows, out, "BEIR evaluation", metrics, notes)
+    print(print_table(rows, metrics))
+    print(f"report: {paths['md']}  {paths['json']}  {paths['png']}")
+    return rows
+
+
+def _record(row: dict) -> None:
+    sink = os.environ.get(RESULTS_ENV)
+    if sink:
+        with open(sink, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")

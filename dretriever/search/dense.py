@@ -1,0 +1,58 @@
+"""Dense search over a sharded index, with the query encoder configured from the index's manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..encoder import BiEncoder
+from ..errors import DretrieverError
+from ..index.sharded import ShardedIndex
+from .types import Run
+
+SETTINGS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_max_length", "doc_max_length")
+
+
+def check_encoder(manifest: dict, encoder: BiEncoder, where: str | Path) -> None:
+    """Refuse an encoder whose dimension or weights differ from those the index was built with."""
+    built = manifest["encoder"]
+    if encoder.dim != built["dim"]:
+        raise DretrieverError(f"{where}: index dimension is {built['dim']} but the model gives {encoder.dim}")
+    fingerprint = encoder.fingerprint()
+    if fingerprint != built["fingerprint"]:
+        raise DretrieverError(
+            f"{where}: the model's weights (fingerprint {fingerprint[:12]}) differ from those the index was "
+            f"built with ({built['fingerprint'][:12]}, {built['model']})")
+
+
+def encoder_for_index(manifest: dict, where: str | Path, model: str | None = None) -> BiEncoder:
+    """Load the query encoder with exactly the index's settings (pooling, prefixes, lengths)."""
+    built = manifest["encoder"]
+    encoder = BiEncoder.from_pretrained(model or built["model"], **{k: built[k] for k in SETTINGS})
+    check_encoder(manifest, encoder, where)
+    return encoder
+
+
+class DenseSearcher:
+    """Batched query encoding + exact merge over shards."""
+
+    def __init__(self, index: ShardedIndex, encoder: BiEncoder, batch_size: int = 128, precision: str = "auto"):
+        self.index, self.encoder = index, encoder
+        self.batch_size, self.precision = batch_size, precision
+
+    @classmethod
+    def load(cls, root: str | Path, model: str | None = None, verify: bool = True, **kw) -> "DenseSearcher":
+        index = ShardedIndex.open(root, verify=verify)
+        return cls(index, encoder_for_index(index.manifest, root, model), **kw)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode_queries(texts, batch_size=self.batch_size, precision=self.precision)
+
+    def search(self, queries: dict[str, str], k: int = 1000) -> Run:
+        qids = list(queries)
+        scores, hits = self.index.search(self.encode([queries[q] for q in qids]), k)
+        return {
+            qid: [(self.index.docid(sh, pos), float(s)) for (sh, pos), s in zip(row, srow)]
+            for qid, row, srow in zip(qids, hits, scores)
+        }

@@ -1,0 +1,38 @@
+"""The contract between the one training loop (``loop.py``) and each method (contriever, star, adore, tas_balanced).
+
+A method supplies its batches and its loss; the loop owns everything else (accelerate, optimisation,
+accumulation, autocast, checkpoints, resume, logging, evaluation, saving).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Protocol
+
+import torch
+
+from ..encoder import BiEncoder
+
+
+class Method(Protocol):
+    name: str
+
+    def setup(self, encoder: BiEncoder, accelerator) -> None:
+        """Load data and build state (queues, samplers, indexes). Called once, before resume."""
+
+    def batches(self, epoch: int) -> Iterable[Any]:
+        """This process's batches for ``epoch`` (deterministic given the seed and epoch)."""
+
+    def loss(self, encoder: BiEncoder, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar loss for one batch and any values worth logging."""
+
+    def trainable_parameters(self, encoder: BiEncoder) -> Iterable[torch.nn.Parameter]:
+        """Parameters the optimizer updates (ADORE: the query tower only)."""
+
+    def after_step(self, encoder: BiEncoder) -> None:
+        """Called after each optimizer step (MoCo: momentum update, queue push)."""
+
+    def state_dict(self) -> dict:
+        """Method state saved in checkpoints (MoCo queue, RNG of samplers)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        ...

@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny random BERT (fast, offline) and the SciFact copy beside the checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCIFACT = Path(os.environ.get("BEIR_DATA", REPO.parent / "shared" / "beir")) / "scifact"
+
+
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    """``../shared/beir/scifact``; under CI (``CI=true``) its absence fails the run instead of skipping."""
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"SciFact is missing at {SCIFACT}; CI needs it")
+        pytest.skip(f"SciFact not found at {SCIFACT}")
+    return SCIFACT
+
+
+@pytest.fixture(scope="session")
+def scifact_small(scifact_dir, tmp_path_factory) -> Path:
+    """A 400-document SciFact slice that keeps every test query judged on it (fast end-to-end tests)."""
+    out = tmp_path_factory.mktemp("scifact_small")
+    (out / "qrels").mkdir()
+    qrels = [line.rstrip("\n").split("\t") for line in (scifact_dir / "qrels" / "test.tsv").open()][1:]
+    qrels = qrels[:60]
+    wanted = {d for _, d, _ in qrels}
+    kept = []
+    with (scifact_dir / "corpus.jsonl").open() as f:
+        for line in f:
+            doc = json.loads(line)
+            if doc["_id"] in wanted or len(kept) < 400 - len(wanted):
+                kept.append(line)
+    (out / "corpus.jsonl").write_text("".join(kept))
+    qids = {q for q, _, _ in qrels}
+    queries = [l for l in (scifact_dir / "queries.jsonl").open() if json.loads(l)["_id"] in qids]
+    (out / "queries.jsonl").write_text("".join(queries))
+    (out / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in qrels))
+    return out
+
+
+def make_tiny_bert(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """A randomly initialised BERT with MiniLM's tokenizer, saved as a dretriever encoder at ``path``."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from dretriever.encoder import BiEncoder, EncoderConfig
+    from dretriever.models import resolve_model
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512)
+    encoder = BiEncoder(BertModel(config), tokenizer,
+                        EncoderConfig(pooling="mean", normalize=True, query_max_length=32, doc_max_length=128))
+    encoder.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
