@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.beir import BeirDataset, load_beir
+from ..data.beir import BeirDataset, ensure_dataset, load_beir
 from ..encoder import BiEncoder
 from ..errors import DretrieverError
 from ..index.build import build_index, corpus_source
@@ -43,7 +43,7 @@ class EvalArgs:
     k: int = 1000
     batch_size: int = 64
     precision: str = "auto"
-    fusion: str = field(default="rrf", metadata={"help": "rrf | interpolation"})
+    fusion: str = field(default="interpolation", metadata={"help": "interpolation (min-max, alpha) | rrf"})
     alpha: float = field(default=0.5, metadata={"help": "weight of the dense run for interpolation"})
     remove_query: bool = True
     label: str | None = field(default=None, metadata={"help": "name of the dense system in the report"})
@@ -87,7 +87,7 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
     label = args.label or slug(args.model)
     rows: list[dict] = []
     for data in args.data:
-        ds = load_beir(data, split=args.split)
+        ds = load_beir(ensure_dataset(Path(data).parent, Path(data).name), split=args.split)
         log.info("%s: %d documents, %d %s queries", ds.name, len(ds.corpus), len(ds.queries), args.split)
         qrels_path = out / "runs" / f"{ds.name}.{args.split}.qrels"
         write_trec_qrels(ds.qrels, qrels_path)

@@ -104,7 +104,7 @@ class _Dist:
 
 
 def build_index(source: ShardedSource, encoder: BiEncoder, out: str | Path, model: str, factory: str = "Flat",
-                batch_size: int = 64, precision: str = "auto", chunk_docs: int = 4096,
+                batch_size: int = 64, precision: str = "auto", chunk_docs: int = 512,
                 train_sample: int | None = None, overwrite: bool = False, progress: bool = True,
                 seed: int = 0) -> dict:
     """Encode ``source`` into ``out``; resumes a partial build with identical settings. Returns the manifest."""
@@ -153,6 +153,8 @@ def _prepare(out: Path, info: dict, factory: str, source: ShardedSource, overwri
                 raise DretrieverError(
                     f"{out}: an index built with a different {key} is here ({theirs!r} vs {mine!r}); "
                     "pass --overwrite to replace it or choose another output folder")
+        for stale in out.glob(".*.tmp-*"):  # partial work of a killed run; no process of this run writes yet
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         log.info("%s: resuming (%d of %d shards done)", out,
                  sum(e["state"] == "done" for e in old["shards"]), old["num_shards"])
         return
@@ -189,9 +191,9 @@ def _train(source, encoder, out, factory, batch_size, precision, train_sample, s
 
 def _build_shard(source, i, encoder, out, factory, batch_size, precision, chunk_docs, progress) -> None:
     name = mf.shard_dir_name(i)
+    for stale in out.glob(f".{name}.tmp-*"):  # left by a killed run; only this process builds shard i
+        shutil.rmtree(stale)
     tmp = out / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     if (out / TRAINED).is_file():
         index = faiss.read_index(str(out / TRAINED))

@@ -75,6 +75,8 @@ class ShardedIndex:
         all_scores, all_ids, all_shards = [], [], []
         for s, shard in enumerate(self.shards):
             kk = min(k, shard.index.ntotal)
+            if kk == 0:  # an empty shard (a tiny corpus split by document id)
+                continue
             scores, ids = shard.index.search(queries, kk)
             all_scores.append(scores)
             all_ids.append(ids)

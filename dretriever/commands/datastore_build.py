@@ -1,0 +1,15 @@
+"""Raw text (JSONL, Parquet, text folders) -> passages -> a sharded, resumable datastore index."""
+
+from __future__ import annotations
+
+from ..cli import parse
+from ..index.datastore import DatastoreArgs, build_datastore
+
+
+def main(argv) -> int:
+    args = parse(DatastoreArgs, argv)
+    manifest = build_datastore(args)
+    total = sum(s["num_docs"] for s in manifest["shards"])
+    extra = " + BM25" if args.bm25 else ""
+    print(f"{args.output}: {total} passages in {manifest['num_shards']} shards ({args.factory}{extra})")
+    return 0

@@ -1,0 +1,66 @@
+"""``dretriever mine``: static hard negatives for STAR (and friends) from a built dense index.
+
+Every judged query of ``--split`` is searched with the index's own query encoder; its judged documents
+(any relevance, so that partially relevant ones are not used as negatives) and a document whose id
+equals the query id are removed, and the next ``--depth`` ids are written, best first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cli import command_line, parse
+from ..data.beir import load_beir
+from ..data.negatives import write_negatives
+from ..errors import DretrieverError
+from ..search.dense import DenseSearcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MineArgs:
+    index: str = field(metadata={"help": "a complete dense index (dretriever index build)"})
+    data: str = field(metadata={"help": "BEIR dataset folder whose queries are mined"})
+    output: str = field(metadata={"help": "negatives JSONL to write"})
+    split: str = "train"
+    depth: int = field(default=200, metadata={"help": "negatives kept per query (STAR: 200)"})
+    model: str | None = field(default=None, metadata={"help": "query encoder (default: the index's model)"})
+    batch_size: int = 128
+    precision: str = "auto"
+
+    def __post_init__(self):
+        if self.depth <= 0:
+            raise DretrieverError(f"depth: must be positive, got {self.depth}")
+        if not Path(self.index, "manifest.json").is_file():
+            raise DretrieverError(f"index: {self.index!r} has no manifest.json")
+
+
+def mine(args: MineArgs, command: str = "") -> dict:
+    t0 = time.time()
+    ds = load_beir(args.data, split=args.split)
+    searcher = DenseSearcher.load(args.index, model=args.model, batch_size=args.batch_size, precision=args.precision)
+    max_judged = max(len(d) for d in ds.qrels.values())
+    run = searcher.search(ds.queries, k=args.depth + max_judged + 1)
+    rows = []
+    for qid in ds.queries:
+        judged = ds.qrels.get(qid, {})
+        hits = [(d, s) for d, s in run[qid] if d not in judged and d != qid][:args.depth]
+        rows.append({"qid": qid, "positives": sorted(d for d, r in judged.items() if r > 0),
+                     "negatives": [d for d, _ in hits], "scores": [round(s, 6) for _, s in hits]})
+    meta = {"index": str(args.index), "model": args.model or searcher.index.manifest["encoder"]["model"],
+            "data": str(args.data), "split": args.split, "depth": args.depth, "queries": len(rows),
+            "command": command}
+    write_negatives(args.output, rows, meta)
+    log.info("%s: %d queries, depth %d, %.1fs", args.output, len(rows), args.depth, time.time() - t0)
+    return meta
+
+
+def main(argv) -> int:
+    args = parse(MineArgs, argv)
+    meta = mine(args, command_line())
+    print(f"{args.output}: hard negatives for {meta['queries']} queries (depth {meta['depth']})")
+    return 0

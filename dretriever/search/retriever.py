@@ -1,0 +1,171 @@
+"""The retrieval API for RAG: ``Retriever.load(index_dir).search(query, k)`` -> hits carrying their text.
+
+The query encoder is configured from the index's manifest (``search/dense.py``). Modes:
+
+- ``dense``: batched query encoding, then every shard searched and merged exactly (``ShardedIndex``);
+- ``bm25``: Pyserini's Lucene over the passages (``OUTPUT/bm25``, built by ``datastore build --bm25``);
+- ``hybrid``: both runs to ``fusion_depth`` fused by reciprocal rank (``rrf``) or min-max score
+  interpolation (``interpolation``, ``alpha`` weighs the dense run).
+
+Calls are serialised by a lock, so one Retriever can serve concurrent threads (the HTTP server).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import DretrieverError
+from ..index.datastore import BM25_DIR
+from ..index.sharded import ShardedIndex
+from .bm25 import BM25Searcher
+from .dense import DenseSearcher, encoder_for_index
+from .fusion import fuse
+from .types import Run
+
+MODES = ("dense", "bm25", "hybrid")
+FUSIONS = ("rrf", "interpolation")
+
+
+@dataclass
+class Hit:
+    id: str  # passage id (``doc#chunk`` in a datastore)
+    doc_id: str  # the source document's id
+    score: float
+    title: str = ""
+    text: str = ""
+    metadata: dict = field(default_factory=dict)
+    shard: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_queries(queries, k) -> None:
+    if isinstance(queries, str) or not isinstance(queries, (list, tuple)):
+        raise DretrieverError(f"queries: expected a list of strings, got {type(queries).__name__}")
+    for i, q in enumerate(queries):
+        if not isinstance(q, str) or not q.strip():
+            raise DretrieverError(f"queries[{i}]: expected a non-empty string, got {q!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DretrieverError(f"k: expected a positive integer, got {k!r}")
+
+
+class Retriever:
+    def __init__(self, dense: DenseSearcher, bm25: BM25Searcher | None = None, mode: str = "dense",
+                 fusion: str = "rrf", alpha: float = 0.5, fusion_depth: int = 100):
+        if fusion not in FUSIONS:
+            raise DretrieverError(f"fusion: expected one of {FUSIONS}, got {fusion!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise DretrieverError(f"alpha: must lie in [0, 1], got {alpha}")
+        self.dense, self.bm25 = dense, bm25
+        self.fusion, self.alpha, self.fusion_depth = fusion, alpha, fusion_depth
+        self.mode = self._check_mode(mode)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, root: str | Path, mode: str = "dense", model: str | None = None, fusion: str = "rrf",
+             alpha: float = 0.5, fusion_depth: int = 100, verify: bool = True, batch_size: int = 128,
+             precision: str = "auto") -> "Retriever":
+        """Open the index at ``root`` (and its ``bm25/`` Lucene index when present)."""
+        root = Path(root)
+        index = ShardedIndex.open(root, verify=verify)
+        encoder = encoder_for_index(index.manifest, root, model)
+        dense = DenseSearcher(index, encoder, batch_size=batch_size, precision=precision)
+        bm25 = BM25Searcher(root / BM25_DIR) if (root / BM25_DIR).is_dir() else None
+        return cls(dense, bm25, mode, fusion, alpha, fusion_depth)
+
+    @property
+    def index(self) -> ShardedIndex:
+        return self.dense.index
+
+    @property
+    def modes(self) -> list[str]:
+        return list(MODES) if self.bm25 is not None else ["dense"]
+
+    def _check_mode(self, mode: str | None) -> str:
+        mode = mode or self.mode
+        if mode not in MODES:
+            raise DretrieverError(f"mode: expected one of {MODES}, got {mode!r}")
+        if mode != "dense" and self.bm25 is None:
+            raise DretrieverError(f"mode: {mode!r} needs a BM25 index ({BM25_DIR}/; build the datastore with --bm25)")
+        return mode
+
+    def search(self, query: str, k: int = 10, mode: str | None = None, with_text: bool = True) -> list[Hit]:
+        return self.batch_search([query], k, mode, with_text)[0]
+
+    def batch_search(self, queries: list[str], k: int = 10, mode: str | None = None,
+                     with_text: bool = True) -> list[list[Hit]]:
+        """Top-``k`` hits per query, best first; ``with_text=False`` skips the doc-store lookup."""
+        check_queries(queries, k)
+        mode = self._check_mode(mode)
+        with self._lock:
+            if mode == "dense":
+                rows = self._dense(queries, k)
+            elif mode == "bm25":
+                rows = [[(pid, s, None) for pid, s in hits] for hits in self._run(self.bm25, queries, k)]
+            else:
+                rows = self._hybrid(queries, k)
+            return [self._hits(row, with_text) for row in rows]
+
+    def run(self, queries: dict[str, str], k: int = 1000, mode: str | None = None,
+            by_document: bool = True) -> Run:
+        """A TREC-style run; ``by_document`` keeps each document's best passage under its document id."""
+        qids = list(queries)
+        out: Run = {}
+        for qid, hits in zip(qids, self.batch_search([queries[q] for q in qids], k, mode, with_text=by_document)):
+            seen, row = set(), []
+            for h in hits:
+                key = h.doc_id if by_document else h.id
+                if key not in seen:
+                    seen.add(key)
+                    row.append((key, h.score))
+            out[qid] = row
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _dense(self, queries: list[str], k: int) -> list[list[tuple[str, float, int]]]:
+        scores, hits = self.index.search(self.dense.encode(queries), k)
+        return [[(self.index.docid(sh, pos), float(s), sh) for (sh, pos), s in zip(row, srow)]
+                for row, srow in zip(hits, scores)]
+
+    @staticmethod
+    def _run(searcher: BM25Searcher, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
+        run = searcher.search({str(i): q for i, q in enumerate(queries)}, k)
+        return [run[str(i)] for i in range(len(queries))]
+
+    def _hybrid(self, queries: list[str], k: int) -> list[list[tuple[str, float, int | None]]]:
+        depth = max(k, self.fusion_depth)
+        dense = self._dense(queries, depth)
+        sparse = self._run(self.bm25, queries, depth)
+        rows = []
+        for d, s in zip(dense, sparse):
+            shard_of = {pid: sh for pid, _, sh in d}
+            fused = fuse({"q": [(pid, sc) for pid, sc, _ in d]}, {"q": s}, self.fusion, self.alpha, k)["q"]
+            rows.append([(pid, sc, shard_of.get(pid)) for pid, sc in fused])
+        return rows
+
+    def _hits(self, row: list[tuple[str, float, int | None]], with_text: bool) -> list[Hit]:
+        if not with_text:
+            return [Hit(pid, pid, score, shard=sh) for pid, score, sh in row]
+        found: dict[str, tuple[int, dict]] = {}
+        by_shard: dict[int, list[str]] = {}
+        for pid, _, sh in row:
+            if sh is not None:
+                by_shard.setdefault(sh, []).append(pid)
+        for sh, pids in by_shard.items():
+            found.update((pid, (sh, rec)) for pid, rec in self.index.texts(sh, pids).items())
+        missing = [pid for pid, _, _ in row if pid not in found]  # BM25-only hits: ask every shard's store
+        for sh in range(len(self.index.shards)):
+            if not missing:
+                break
+            got = self.index.texts(sh, missing)
+            found.update((pid, (sh, rec)) for pid, rec in got.items())
+            missing = [pid for pid in missing if pid not in got]
+        hits = []
+        for pid, score, _ in row:
+            sh, rec = found.get(pid, (None, {"title": "", "text": "", "metadata": {}}))
+            hits.append(Hit(pid, str(rec["metadata"].get("doc_id", pid)), score, rec["title"], rec["text"],
+                            rec["metadata"], sh))
+        return hits

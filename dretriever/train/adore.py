@@ -1,0 +1,187 @@
+"""ADORE (Zhan et al., "Optimizing Dense Retrieval Model Training with Hard Negatives", SIGIR 2021).
+
+Only the query encoder trains. Documents stay the fixed vectors of an index built with the starting
+model (``dretriever index build``, or the index ``dretriever eval beir`` builds): its manifest
+fingerprint must match the starting model. Every step:
+
+1. embed the batch's queries (with gradients);
+2. search the index with the *detached* query vectors for the top ``top_k`` (ADORE: 200);
+3. append the query's judged positives that the search missed (rank ``top_k + 1``);
+4. score the candidates as ``q . d / temperature`` against their fixed index vectors and apply the
+   RankNet loss of :mod:`dretriever.train.losses.ranknet`, each (relevant, irrelevant) pair weighted by
+   ``|g(rank_i) - g(rank_j)|`` with ``g(r) = 1/r`` (or ``1/log2(r+1)``) cut to zero beyond ``metric_cut``.
+
+The hard negatives are thus always the current query encoder's own top ranks ("dynamic" negatives)
+while the document side never changes, so no re-indexing is needed during or after training.
+
+Saving: the encoder is untied at setup (the document tower becomes a frozen copy of the starting model),
+so the saved model is a query encoder plus the unchanged document encoder; indexing with it reproduces
+the starting index, and ``dretriever eval beir --model <saved>`` evaluates it as it was trained.
+
+Differences from DRhard's ``adore/train.py``: AdamW (not LAMB), a temperature on the scores (our
+encoders L2-normalise; DRhard's RoBERTa scores are raw inner products) and a choice of discount.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..encoder import BiEncoder
+from ..errors import DretrieverError
+from ..index.sharded import ShardedIndex
+from .data import load_train_data
+from .losses.ranknet import DISCOUNTS, lambda_weights, ranknet_loss
+
+
+@dataclass
+class AdoreArgs:
+    index: str = field(default="", metadata={"help": "index of the starting model (fixed document vectors)"})
+    top_k: int = field(default=200, metadata={"help": "documents retrieved per query per step (ADORE: 200)"})
+    metric_cut: int = field(default=10, metadata={"help": "pairs beyond this rank weigh 0 (0: no cut)"})
+    discount: str = field(default="reciprocal", metadata={"help": "reciprocal (1/r, ADORE) | log2 (DCG)"})
+    weighted: bool = field(default=True, metadata={"help": "LambdaLoss-style weights (false: plain RankNet)"})
+    temperature: float = field(default=1.0, metadata={"help": "scores / temperature (use ~0.05 with cosine)"})
+
+    def __post_init__(self):
+        if not self.index:
+            raise DretrieverError("index: missing; name the index built with the starting model")
+        if self.top_k <= 0:
+            raise DretrieverError(f"top_k: must be positive, got {self.top_k}")
+        if self.metric_cut < 0 or self.metric_cut > self.top_k:
+            raise DretrieverError(f"metric_cut: must lie in [0, top_k={self.top_k}], got {self.metric_cut}")
+        if self.discount not in DISCOUNTS:
+            raise DretrieverError(f"discount: expected one of {DISCOUNTS}, got {self.discount!r}")
+        if not self.temperature > 0:
+            raise DretrieverError(f"temperature: must be positive, got {self.temperature}")
+
+
+ARGS = AdoreArgs
+
+
+def check_index_matches(index: ShardedIndex, encoder: BiEncoder) -> None:
+    """The index must hold the starting model's document vectors (same weights, same settings)."""
+    from ..search.dense import SETTINGS
+
+    built = index.manifest["encoder"]
+    doc_view = encoder if encoder.tied else BiEncoder(encoder.doc_model, encoder.tokenizer, encoder.config)
+    if built["fingerprint"] not in {encoder.fingerprint(), doc_view.fingerprint()}:
+        raise DretrieverError(f"index: {index.root} was built with other weights ({built['model']}) than the "
+                              "starting model; ADORE needs the starting model's document vectors")
+    c = encoder.config
+    differ = [k for k in SETTINGS if built[k] != getattr(c, k)]
+    if differ:
+        raise DretrieverError(f"index: {index.root} was built with other encoder settings ({', '.join(differ)})")
+
+
+def doc_vectors(index: ShardedIndex, hits: list[tuple[int, int]]) -> np.ndarray:
+    """The stored vectors of ``(shard, position)`` hits, in order."""
+    out = np.empty((len(hits), index.dim), dtype=np.float32)
+    by_shard: dict[int, list[int]] = {}
+    for n, (s, _) in enumerate(hits):
+        by_shard.setdefault(s, []).append(n)
+    for s, rows in by_shard.items():
+        ids = np.array([hits[n][1] for n in rows], dtype=np.int64)
+        try:
+            out[rows] = index.shards[s].index.reconstruct_batch(ids)
+        except RuntimeError as e:  # faiss raises RuntimeError for indexes without stored vectors
+            raise DretrieverError(f"index: {index.shards[s].dir} cannot return its vectors ({e}); build a Flat "
+                                  "index for ADORE") from None
+    return out
+
+
+class Adore:
+    name = "adore"
+
+    def __init__(self, args: AdoreArgs, train_args):
+        self.args, self.train_args = args, train_args
+
+    # ------------------------------------------------------------------ Method protocol
+    def setup(self, encoder: BiEncoder, accelerator) -> None:
+        ta = self.train_args
+        if not ta.data:
+            raise DretrieverError("data: ADORE needs a BEIR dataset folder with qrels/<train_split>.tsv")
+        self.index = ShardedIndex.open(self.args.index)
+        check_index_matches(self.index, encoder)
+        if encoder.tied:  # the document tower stays the starting model, saved beside the trained query tower
+            encoder.doc_model = copy.deepcopy(encoder.query_model)
+        for p in encoder.doc_model.parameters():
+            p.requires_grad_(False)
+        self.position = {d: (s, i) for s, shard in enumerate(self.index.shards) for i, d in enumerate(shard.docids)}
+        self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries)
+        missing = {d for q in self.data.queries for d in self.data.positives(q) if d not in self.position}
+        if missing:
+            raise DretrieverError(f"index: {self.index.root} lacks {len(missing)} judged document(s) of "
+                                  f"{ta.data}, e.g. {sorted(missing)[0]!r}; was it built from this corpus?")
+        self.qids = sorted(self.data.queries)
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.global_batch = ta.batch_size * self.world
+        if len(self.qids) < self.global_batch:
+            raise DretrieverError(f"batch_size: {len(self.qids)} training queries < one global batch "
+                                  f"({self.global_batch})")
+
+    def batches(self, epoch: int):
+        rng = random.Random(f"adore:{self.train_args.seed}:{epoch}")
+        order = self.qids[:]
+        rng.shuffle(order)
+        B = self.train_args.batch_size
+        return [order[start + self.rank * B:start + (self.rank + 1) * B]
+                for start in range(0, len(order) - self.global_batch + 1, self.global_batch)]
+
+    def candidates(self, qvecs: np.ndarray, qids: list[str]):
+        """Per query: hits (shard, position) of the top_k plus missed positives, their ranks and labels."""
+        _, hits = self.index.search(qvecs, self.args.top_k)
+        rows = []
+        for qid, row in zip(qids, hits):
+            row = list(row)
+            ranks = list(range(1, len(row) + 1))
+            found = {self.index.docid(s, i) for s, i in row}
+            for d in self.data.positives(qid):
+                if d not in found:
+                    row.append(self.position[d])
+                    ranks.append(self.args.top_k + 1)
+            positives = set(self.data.positives(qid))
+            labels = [self.index.docid(s, i) in positives for s, i in row]
+            rows.append((row, ranks, labels))
+        return rows
+
+    def loss(self, encoder, batch):
+        q = encoder.embed(encoder.tokenize([self.data.queries[x] for x in batch], "query"), "query")
+        rows = self.candidates(q.detach().float().cpu().numpy(), batch)
+        n = max(len(r) for r, _, _ in rows)
+        B, D = len(batch), self.index.dim
+        docs = np.zeros((B, n, D), dtype=np.float32)
+        ranks = torch.full((B, n), self.args.top_k + 1, dtype=torch.long)
+        labels = torch.zeros((B, n), dtype=torch.bool)
+        mask = torch.zeros((B, n), dtype=torch.bool)
+        for b, (row, rk, lab) in enumerate(rows):
+            docs[b, :len(row)] = doc_vectors(self.index, row)
+            ranks[b, :len(row)] = torch.tensor(rk)
+            labels[b, :len(row)] = torch.tensor(lab)
+            mask[b, :len(row)] = True
+        docs_t = torch.from_numpy(docs).to(q.device)
+        labels, mask, ranks = labels.to(q.device), mask.to(q.device), ranks.to(q.device)
+        scores = torch.einsum("bd,bnd->bn", q.float(), docs_t) / self.args.temperature
+        weights = lambda_weights(ranks, self.args.metric_cut or None, self.args.discount) if self.args.weighted else None
+        loss = ranknet_loss(scores, labels, weights, mask)
+        first_pos = [min((r for r, l in zip(rk, lab) if l), default=self.args.top_k + 1) for _, rk, lab in rows]
+        logs = {"first_positive_rank": float(np.mean(first_pos)),
+                "positive_in_top10": float(np.mean([r <= 10 for r in first_pos])),
+                "mrr@10": float(np.mean([1.0 / r if r <= 10 else 0.0 for r in first_pos]))}
+        return loss, logs
+
+    def trainable_parameters(self, encoder):
+        return list(encoder.query_model.parameters())
+
+    def after_step(self, encoder) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}  # batches are a pure function of (seed, epoch); candidates come from the current model
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

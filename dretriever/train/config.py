@@ -1,0 +1,175 @@
+"""``TrainArgs``: the loop's own fields of a recipe, and parsing of ``method + loop + method-args`` recipes.
+
+A recipe is one YAML mapping: ``method: <name>``, the loop's fields below and the method's own fields
+(its ``ARGS`` dataclass). Both dataclasses are parsed together by ``transformers.HfArgumentParser``, so a
+misspelt or unknown key, a value of the wrong type or an invalid value fails at start, naming the field.
+Command-line ``--field value`` pairs after the recipe override it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import DretrieverError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULERS = ("linear", "constant", "cosine")
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or os.sep + os.sep in value
+
+
+@dataclass
+class TrainArgs:
+    method: str = field(default="", metadata={"help": "contriever | star | adore | tas-balanced"})
+    model: str = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "starting encoder"})
+    output_dir: str = field(default="", metadata={"help": "checkpoints/, final/, best/, log.jsonl"})
+    data: str = field(default="", metadata={"help": "BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/)"})
+    train_split: str = field(default="train", metadata={"help": "qrels split the labelled methods train on"})
+    # optimisation
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    epochs: int = 1
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; > 0 overrides epochs"})
+    batch_size: int = field(default=32, metadata={"help": "queries (or pairs) per process per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    warmup: float = field(default=0.1, metadata={"help": "warm-up: a fraction of all steps if < 1, else steps"})
+    scheduler: str = field(default="linear", metadata={"help": "linear | constant | cosine (after warm-up)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping; 0 disables"})
+    precision: str = field(default="auto", metadata={"help": "auto | fp32 | bf16 | fp16 (autocast)"})
+    grad_cache_chunk: int = field(default=0, metadata={"help": "gradient cache: encode in chunks of this many "
+                                                                 "texts (0: off)"})
+    untie: bool = field(default=False, metadata={"help": "separate query and document towers"})
+    query_max_length: int | None = None
+    doc_max_length: int | None = None
+    seed: int = 42
+    # checkpoints, logging, evaluation
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N optimizer steps (0: each epoch end)"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (oldest removed)"})
+    resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in output_dir"})
+    log_steps: int = 1
+    log_file: str = field(default="", metadata={"help": "JSONL log (default output_dir/log.jsonl)"})
+    progress: bool = True
+    eval_steps: int = field(default=0, metadata={"help": "dev evaluation every N steps (0: each epoch end)"})
+    dev_queries: int = field(default=0, metadata={"help": "train queries carved off as the dev split (0: none)"})
+    dev_corpus: int = field(default=2000, metadata={"help": "documents in the dev corpus (0: the whole corpus)"})
+    dev_negatives: str = field(default="", metadata={"help": "mined negatives whose top dev_candidates per dev "
+                                                              "query join the dev corpus"})
+    dev_candidates: int = 10
+    eval_batch_size: int = 64
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise DretrieverError(f"{name}: {why}")
+
+        if not self.method:
+            bad("method", "missing; choose from contriever, star, adore, tas-balanced")
+        if not self.output_dir:
+            bad("output_dir", "missing")
+        if not self.lr > 0:
+            bad("lr", f"must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            bad("epochs", "must be positive (or set max_steps)")
+        for name in ("batch_size", "grad_accum", "log_steps", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                bad(name, f"must be positive, got {getattr(self, name)}")
+        for name in ("save_steps", "eval_steps", "dev_queries", "dev_corpus", "dev_candidates", "grad_cache_chunk",
+                     "save_total_limit"):
+            if getattr(self, name) < 0:
+                bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.warmup < 0:
+            bad("warmup", f"must be >= 0, got {self.warmup}")
+        if self.max_grad_norm < 0:
+            bad("max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"expected one of {PRECISIONS}, got {self.precision!r}")
+        if self.scheduler not in SCHEDULERS:
+            bad("scheduler", f"expected one of {SCHEDULERS}, got {self.scheduler!r}")
+        for name in ("query_max_length", "doc_max_length"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                bad(name, f"must be positive, got {v}")
+        if self.data and not Path(self.data).is_dir():
+            bad("data", f"dataset folder {self.data!r} not found")
+        if _looks_like_path(self.model) and not Path(self.model).expanduser().exists():
+            bad("model", f"{self.model!r} not found")
+        if self.dev_negatives and not Path(self.dev_negatives).is_file():
+            bad("dev_negatives", f"file {self.dev_negatives!r} not found")
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.log_file) if self.log_file else Path(self.output_dir) / "log.jsonl"
+
+
+def check_file(name: str, value: str, required: bool = True) -> None:
+    """For methods' ``__post_init__``: fail naming ``name`` when the file ``value`` is missing."""
+    if not value:
+        if required:
+            raise DretrieverError(f"{name}: missing")
+        return
+    if not Path(value).is_file():
+        raise DretrieverError(f"{name}: file {value!r} not found")
+
+
+def _to_argv(mapping: dict[str, Any]) -> list[str]:
+    argv: list[str] = []
+    for key, value in mapping.items():
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, bool):
+            argv.append(str(value).lower())
+        elif isinstance(value, (list, tuple)):
+            argv.extend(str(v) for v in value)
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def parse_recipe(argv: Sequence[str]):
+    """``[recipe.yaml] [--field value ...]`` -> ``(TrainArgs, method_args, method_class)``."""
+    import yaml
+    from transformers import HfArgumentParser
+
+    from .registry import resolve
+
+    argv = list(argv)
+    mapping: dict[str, Any] = {}
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        path = Path(argv.pop(0))
+        if not path.is_file():
+            raise DretrieverError(f"recipe: file {str(path)!r} not found")
+        mapping = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(mapping, dict):
+            raise DretrieverError(f"{path}: a recipe must be a YAML mapping of field: value")
+    method = mapping.get("method")
+    if "--method" in argv:
+        i = argv.index("--method")
+        method = argv[i + 1] if i + 1 < len(argv) else None
+    if not method:
+        raise DretrieverError("method: missing; choose from contriever, star, adore, tas-balanced")
+    method_cls, args_cls = resolve(str(method))
+
+    class Parser(HfArgumentParser):
+        def error(self, message):  # argparse would exit; name the field in an exception instead
+            raise DretrieverError(message.replace("argument --", "field "))
+
+    parser = Parser([TrainArgs, args_cls])
+    known = {f.name for f in fields(TrainArgs)} | {f.name for f in fields(args_cls)}
+    unknown = [k for k in mapping if k not in known]
+    if unknown:
+        raise DretrieverError(f"unknown field(s) {unknown} for method {method!r}")
+    try:
+        train_args, method_args, rest = parser.parse_args_into_dataclasses(
+            args=_to_argv(mapping) + argv, return_remaining_strings=True)
+    except (TypeError, ValueError) as e:
+        raise DretrieverError(str(e)) from None
+    if rest:
+        raise DretrieverError(f"unknown argument(s) {rest}")
+    return train_args, method_args, method_cls

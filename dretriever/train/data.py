@@ -1,0 +1,128 @@
+"""Training-data helpers shared by the methods: train queries/qrels, the deterministic dev carve-out, and a
+fast in-process dev evaluation (nDCG@10 on a dev corpus subset) for checkpoint selection.
+
+The dev split is carved from the *training* qrels (``TrainArgs.dev_queries`` queries, chosen by a seeded
+shuffle of the sorted query ids), so the test split is never looked at while training.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.beir import Document, load_beir, load_corpus
+from ..errors import DretrieverError
+
+log = logging.getLogger(__name__)
+DEV_SEED = 20240601  # fixed, independent of the training seed: every recipe sees the same dev split
+
+
+@dataclass
+class TrainData:
+    corpus: dict[str, Document]
+    queries: dict[str, str]              # train queries (dev removed)
+    qrels: dict[str, dict[str, int]]     # train judgments (dev removed)
+    dev_queries: dict[str, str]
+    dev_qrels: dict[str, dict[str, int]]
+
+    def positives(self, qid: str) -> list[str]:
+        return [d for d, r in self.qrels.get(qid, {}).items() if r > 0]
+
+
+def split_dev(qids, n_dev: int, seed: int = DEV_SEED) -> tuple[list[str], list[str]]:
+    """``(train, dev)``: ``n_dev`` query ids drawn by a seeded shuffle of the sorted ids."""
+    qids = sorted(qids)
+    if n_dev >= len(qids):
+        raise DretrieverError(f"dev_queries: {n_dev} leaves no training queries (there are {len(qids)})")
+    shuffled = qids[:]
+    random.Random(seed).shuffle(shuffled)
+    dev = set(shuffled[:n_dev])
+    return [q for q in qids if q not in dev], [q for q in qids if q in dev]
+
+
+@functools.lru_cache(maxsize=2)
+def _corpus(path: str) -> dict[str, Document]:
+    return load_corpus(path)
+
+
+def load_corpus_cached(data: str | Path) -> dict[str, Document]:
+    return _corpus(str(Path(data) / "corpus.jsonl"))
+
+
+def load_train_data(data: str | Path, split: str = "train", dev_queries: int = 0) -> TrainData:
+    """Queries and qrels of ``split`` with ``dev_queries`` of them carved off as the dev split."""
+    corpus = load_corpus_cached(data)
+    ds = load_beir(data, split=split, corpus=corpus)
+    qrels = {q: {d: r for d, r in docs.items() if r > 0} for q, docs in ds.qrels.items()}
+    qrels = {q: docs for q, docs in qrels.items() if docs}
+    train, dev = split_dev(qrels, dev_queries) if dev_queries else (sorted(qrels), [])
+    return TrainData(corpus, {q: ds.queries[q] for q in train}, {q: qrels[q] for q in train},
+                     {q: ds.queries[q] for q in dev}, {q: qrels[q] for q in dev})
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def ndcg_at_k(ranked: list[str], rels: dict[str, int], k: int = 10) -> float:
+    """trec_eval's ndcg_cut: gain = relevance, discount log2(rank + 1), ideal from the judgments."""
+    dcg = sum(rels.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
+    ideal = sorted((r for r in rels.values() if r > 0), reverse=True)[:k]
+    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def recall_at_k(ranked: list[str], rels: dict[str, int], k: int = 100) -> float:
+    relevant = {d for d, r in rels.items() if r > 0}
+    return len(relevant & set(ranked[:k])) / len(relevant) if relevant else 0.0
+
+
+class DevEvaluator:
+    """Encode the dev queries and a dev corpus subset; report nDCG@10, R@100 and MRR@10 (in-process, exact).
+
+    The dev corpus holds every judged document of the dev queries, the top ``candidates`` hard candidates per
+    dev query (from a mined-negatives file, when given) and a seeded random sample of the rest, up to
+    ``corpus_size`` documents (0: the whole corpus).
+    """
+
+    def __init__(self, corpus: dict[str, Document], queries: dict[str, str], qrels: dict[str, dict[str, int]],
+                 corpus_size: int = 2000, hard: dict[str, list[str]] | None = None, candidates: int = 10,
+                 batch_size: int = 64, precision: str = "auto", seed: int = DEV_SEED):
+        self.queries, self.qrels = queries, qrels
+        self.batch_size, self.precision = batch_size, precision
+        if corpus_size <= 0 or corpus_size >= len(corpus):
+            ids = list(corpus)
+        else:
+            chosen = dict.fromkeys(d for q in queries for d in qrels.get(q, {}) if d in corpus)
+            for q in queries:
+                for d in (hard or {}).get(q, [])[:candidates]:
+                    if d in corpus:
+                        chosen.setdefault(d)
+            rest = [d for d in corpus if d not in chosen]
+            random.Random(seed).shuffle(rest)
+            for d in rest[:max(0, corpus_size - len(chosen))]:
+                chosen.setdefault(d)
+            ids = list(chosen)
+        self.doc_ids = ids
+        self.doc_texts = [corpus[d].contents for d in ids]
+
+    def __call__(self, encoder) -> dict[str, float]:
+        qids = list(self.queries)
+        q = encoder.encode_queries([self.queries[x] for x in qids], batch_size=self.batch_size, precision=self.precision)
+        d = encoder.encode_docs(self.doc_texts, batch_size=self.batch_size, precision=self.precision)
+        scores = q @ d.T
+        k = min(100, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        ndcg, recall, mrr = [], [], []
+        for i, qid in enumerate(qids):
+            order = top[i][np.argsort(-scores[i, top[i]], kind="stable")]
+            ranked = [self.doc_ids[j] for j in order]
+            rels = self.qrels[qid]
+            ndcg.append(ndcg_at_k(ranked, rels, 10))
+            recall.append(recall_at_k(ranked, rels, 100))
+            mrr.append(next((1 / (r + 1) for r, x in enumerate(ranked[:10]) if rels.get(x, 0) > 0), 0.0))
+        return {"dev_ndcg@10": float(np.mean(ndcg)), "dev_recall@100": float(np.mean(recall)),
+                "dev_mrr@10": float(np.mean(mrr)), "dev_docs": len(self.doc_ids)}

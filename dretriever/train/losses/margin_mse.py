@@ -1,0 +1,82 @@
+"""Margin-MSE: regress the student's score margin between two documents onto a teacher's margin.
+
+Pairwise (Hofstätter et al., 2020): for a query q with a positive p and a negative n,
+
+    loss = mean over the batch of ((s(q,p) - s(q,n)) - (t(q,p) - t(q,n)))^2
+
+In-batch (TAS-Balanced's second teacher, Hofstätter et al., 2021): every document of the batch is a
+negative for every query; for query i with its positive at column ``pos_i`` of the (B, M) score matrix,
+
+    loss = mean over valid (i, j != pos_i) of ((S[i,pos_i] - S[i,j]) - (T[i,pos_i] - T[i,j]))^2
+
+Only margins are matched, so the teacher's scores may be shifted by any per-query constant; their
+scale must match the student's (see the ``*_scale`` arguments of TAS-Balanced).
+
+References:
+    Hofstätter et al., "Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge
+    Distillation" (arXiv 2010.02666): Margin-MSE.
+    Hofstätter et al., "Efficiently Teaching an Effective Dense Retriever with Balanced Topic Aware
+    Sampling" (SIGIR 2021): TAS-Balanced, dual supervision with an in-batch Margin-MSE.
+
+Inputs:
+    pairwise: student_pos, student_neg, teacher_pos, teacher_neg, each (B,)
+    in-batch: student (B, M), teacher (B, M), positive_index (B,) long, mask (B, M) bool (optional;
+              False excludes a column for that row, e.g. a copy of the query's own positive)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def margin_mse(student_pos: torch.Tensor, student_neg: torch.Tensor, teacher_pos: torch.Tensor,
+               teacher_neg: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of student and teacher margins ``pos - neg``."""
+    student = student_pos - student_neg
+    teacher = (teacher_pos - teacher_neg).to(student.dtype)
+    return ((student - teacher) ** 2).mean()
+
+
+def inbatch_margin_mse(student: torch.Tensor, teacher: torch.Tensor, positive_index: torch.Tensor,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Margin-MSE of each row's positive column against every other valid column, averaged over pairs."""
+    rows = torch.arange(student.shape[0], device=student.device)
+    teacher = teacher.to(student.dtype)
+    s_margin = student[rows, positive_index].unsqueeze(1) - student
+    t_margin = teacher[rows, positive_index].unsqueeze(1) - teacher
+    valid = torch.ones_like(student, dtype=torch.bool) if mask is None else mask.bool().clone()
+    valid[rows, positive_index] = False
+    if not valid.any():
+        return student.sum() * 0.0
+    return ((s_margin - t_margin) ** 2)[valid].mean()
+
+
+class MarginMSELoss(nn.Module):
+    """Pairwise Margin-MSE on embeddings: scores are ``scale * (q . d)``.
+
+    Args:
+        scale: multiplies the student's dot products (with normalised embeddings they lie in [-1, 1]).
+    """
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, query_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor,
+                teacher_pos: torch.Tensor, teacher_neg: torch.Tensor) -> torch.Tensor:
+        s_pos = self.scale * (query_emb * pos_emb).sum(-1)
+        s_neg = self.scale * (query_emb * neg_emb).sum(-1)
+        return margin_mse(s_pos, s_neg, teacher_pos, teacher_neg)
+
+
+class InBatchMarginMSELoss(nn.Module):
+    """In-batch Margin-MSE on embeddings: ``S = scale * Q D^T`` against a teacher's (B, M) matrix."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, teacher: torch.Tensor,
+                positive_index: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return inbatch_margin_mse(self.scale * query_emb @ doc_emb.T, teacher, positive_index, mask)

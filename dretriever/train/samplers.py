@@ -1,0 +1,124 @@
+"""TAS-Balanced's samplers: topic-aware batches (k-means query clusters) and balanced margin sampling.
+
+* :func:`cluster_queries` clusters query embeddings once with FAISS k-means (spherical when the
+  embeddings are normalised).
+* :class:`ClusterBatchSampler` makes every batch out of ``clusters_per_batch`` clusters: each epoch,
+  each cluster's queries are shuffled and cut into chunks of ``batch_size // clusters_per_batch``; the
+  chunks are shuffled and grouped, ``clusters_per_batch`` chunks of distinct clusters per batch. Every
+  query is used once per epoch; a cluster's last chunk (and so its batch) can be smaller.
+* :class:`BalancedMarginSampler` draws, for one query, a (positive, negative) pair: the teacher margins
+  ``t(pos) - t(neg)`` of the query's pairs are put into ``bins`` equal-width bins over their range, a
+  non-empty bin is drawn uniformly, then a pair inside it uniformly. Pairs of every margin size are
+  drawn equally often, instead of the many low-margin ones dominating.
+
+Both are deterministic given the seed and the epoch (and, for pairs, the query).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DretrieverError
+
+
+def cluster_queries(embeddings: np.ndarray, n_clusters: int, seed: int = 0, niter: int = 20) -> np.ndarray:
+    """k-means cluster id (0..n_clusters-1) of each row; spherical k-means when rows have unit norm."""
+    import faiss
+
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if not 1 <= n_clusters <= len(x):
+        raise DretrieverError(f"n_clusters: must lie in [1, {len(x)}] (the number of queries), got {n_clusters}")
+    spherical = bool(np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-3))
+    kmeans = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, seed=seed, spherical=spherical,
+                          min_points_per_centroid=1, max_points_per_centroid=max(256, len(x)))
+    kmeans.train(x)
+    _, labels = kmeans.index.search(x, 1)
+    return labels[:, 0].astype(np.int64)
+
+
+class ClusterBatchSampler:
+    """Batches of query indices, each drawn from ``clusters_per_batch`` distinct clusters."""
+
+    def __init__(self, clusters: np.ndarray, batch_size: int, clusters_per_batch: int = 1, seed: int = 0):
+        if batch_size < 1 or clusters_per_batch < 1:
+            raise DretrieverError("batch_size and clusters_per_batch must be positive")
+        if batch_size % clusters_per_batch:
+            raise DretrieverError(f"batch_size ({batch_size}) must be a multiple of clusters_per_batch "
+                                  f"({clusters_per_batch})")
+        self.clusters = np.asarray(clusters)
+        self.members: dict[int, list[int]] = {}
+        for i, c in enumerate(self.clusters.tolist()):
+            self.members.setdefault(int(c), []).append(i)
+        if clusters_per_batch > len(self.members):
+            raise DretrieverError(f"clusters_per_batch ({clusters_per_batch}) exceeds the number of non-empty "
+                                  f"clusters ({len(self.members)})")
+        self.batch_size, self.per_batch, self.seed = batch_size, clusters_per_batch, seed
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}:{epoch}")
+        chunk = self.batch_size // self.per_batch
+        chunks: list[tuple[int, list[int]]] = []
+        for c in sorted(self.members):
+            ids = list(self.members[c])
+            rng.shuffle(ids)
+            chunks += [(c, ids[i:i + chunk]) for i in range(0, len(ids), chunk)]
+        rng.shuffle(chunks)
+        batches: list[list[int]] = []
+        pending = chunks
+        while pending:
+            batch, used, rest = [], set(), []
+            for c, ids in pending:
+                if len(used) < self.per_batch and c not in used:
+                    used.add(c)
+                    batch += ids
+                else:
+                    rest.append((c, ids))
+            batches.append(batch)
+            pending = rest
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.batches(0))
+
+
+@dataclass
+class Pair:
+    positive: str
+    negative: str
+    teacher_pos: float
+    teacher_neg: float
+
+    @property
+    def margin(self) -> float:
+        return self.teacher_pos - self.teacher_neg
+
+
+class BalancedMarginSampler:
+    """Per query: bin the teacher margins of its (positive, negative) pairs and sample bin, then pair."""
+
+    def __init__(self, pairs: dict[str, list[Pair]], bins: int = 10, seed: int = 0):
+        if bins < 1:
+            raise DretrieverError(f"margin_bins: must be positive, got {bins}")
+        empty = [q for q, p in pairs.items() if not p]
+        if empty:
+            raise DretrieverError(f"no (positive, negative) pair for query {empty[0]!r}")
+        self.pairs, self.nbins, self.seed = pairs, bins, seed
+        self.bins = {q: self.bin_pairs(p, bins) for q, p in pairs.items()}
+
+    @staticmethod
+    def bin_pairs(pairs: list[Pair], bins: int) -> list[list[int]]:
+        """Indices of ``pairs`` per equal-width margin bin (empty bins dropped), lowest margins first."""
+        margins = np.array([p.margin for p in pairs], dtype=np.float64)
+        lo, hi = margins.min(), margins.max()
+        if hi - lo <= 0:
+            return [list(range(len(pairs)))]
+        which = np.minimum(((margins - lo) / (hi - lo) * bins).astype(int), bins - 1)
+        return [np.flatnonzero(which == b).tolist() for b in range(bins) if (which == b).any()]
+
+    def sample(self, qid: str, epoch: int, draw: int = 0) -> Pair:
+        rng = random.Random(f"{self.seed}:{epoch}:{qid}:{draw}")
+        bin_ = rng.choice(self.bins[qid])
+        return self.pairs[qid][rng.choice(bin_)]

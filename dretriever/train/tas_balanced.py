@@ -1,0 +1,209 @@
+"""TAS-Balanced (Hofstätter et al., "Efficiently Teaching an Effective Dense Retriever with Balanced Topic
+Aware Sampling", SIGIR 2021).
+
+* Topic-aware sampling: the training queries are clustered once, before training, with k-means on
+  their embeddings by the starting model (``n_clusters``); every batch is drawn from
+  ``clusters_per_batch`` clusters (:class:`dretriever.train.samplers.ClusterBatchSampler`).
+* Balanced margin sampling: per query, the (positive, negative) pairs get the pairwise teacher's margin
+  ``t(pos) - t(neg)``; margins are put into ``margin_bins`` bins, a bin is drawn uniformly, then a pair
+  in it (:class:`dretriever.train.samplers.BalancedMarginSampler`). Positives are the judged documents;
+  negatives are the teacher's top ``negative_depth`` candidates not judged relevant.
+* Dual supervision: Margin-MSE against the pairwise teacher (scores from ``dretriever teacher``:
+  usually a cross-encoder; here any teacher file) plus ``inbatch_weight`` (0.75) times an in-batch loss
+  against a second teacher that scores every (query, document) pair of the batch: Margin-MSE of each
+  query's positive against every other document of the batch (``inbatch_loss: margin_mse``) or the KL
+  divergence of the softmaxes over the batch's documents (``inbatch_loss: kl``). The second teacher is a
+  bi-encoder (``inbatch_teacher``, TAS-B used ColBERT); its vectors are computed once at setup (documents
+  taken from ``inbatch_teacher_index`` when given, else encoded).
+
+Scales: the student's scores are ``student_scale * q . d`` (cosine for normalised encoders); teacher
+scores are multiplied by ``teacher_scale`` / ``inbatch_teacher_scale`` so that margins are comparable.
+A document judged relevant to a query is never an in-batch negative of that query (masked).
+In-batch negatives are this process's batch (TAS-B trained on one GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import DretrieverError
+from ..teacher import read_teacher_scores
+from .config import check_file
+from .data import load_train_data
+from .losses.kl import kl_distill
+from .losses.margin_mse import inbatch_margin_mse, margin_mse
+from .samplers import BalancedMarginSampler, ClusterBatchSampler, Pair, cluster_queries
+
+log = logging.getLogger(__name__)
+INBATCH_LOSSES = ("margin_mse", "kl")
+
+
+@dataclass
+class TasBalancedArgs:
+    teacher: str = field(default="", metadata={"help": "pairwise teacher scores (`dretriever teacher` JSONL)"})
+    teacher_scale: float = field(default=1.0, metadata={"help": "multiplies the pairwise teacher's scores"})
+    negative_depth: int = field(default=100, metadata={"help": "negatives: the teacher's top N unjudged documents"})
+    margin_bins: int = field(default=10, metadata={"help": "balanced margin sampling bins"})
+    n_clusters: int = field(default=2000, metadata={"help": "k-means clusters of the training queries"})
+    clusters_per_batch: int = field(default=1, metadata={"help": "clusters each batch is drawn from"})
+    inbatch_teacher: str = field(default="", metadata={"help": "bi-encoder scoring every in-batch pair ('' = off)"})
+    inbatch_teacher_index: str = field(default="", metadata={"help": "index built with inbatch_teacher (reuses its "
+                                                                      "document vectors)"})
+    inbatch_teacher_scale: float = field(default=1.0, metadata={"help": "multiplies the in-batch teacher's scores"})
+    inbatch_weight: float = field(default=0.75, metadata={"help": "weight of the in-batch loss"})
+    inbatch_loss: str = field(default="margin_mse", metadata={"help": "margin_mse | kl"})
+    student_scale: float = field(default=1.0, metadata={"help": "multiplies the student's dot products"})
+    kl_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of both sides (kl)"})
+
+    def __post_init__(self):
+        check_file("teacher", self.teacher)
+        if self.inbatch_teacher_index and not self.inbatch_teacher:
+            raise DretrieverError("inbatch_teacher_index: set inbatch_teacher (the model the index was built with)")
+        if self.inbatch_loss not in INBATCH_LOSSES:
+            raise DretrieverError(f"inbatch_loss: expected one of {INBATCH_LOSSES}, got {self.inbatch_loss!r}")
+        for name in ("negative_depth", "margin_bins", "n_clusters", "clusters_per_batch"):
+            if getattr(self, name) <= 0:
+                raise DretrieverError(f"{name}: must be positive, got {getattr(self, name)}")
+        for name in ("teacher_scale", "inbatch_teacher_scale", "student_scale", "kl_temperature"):
+            if not getattr(self, name) > 0:
+                raise DretrieverError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.inbatch_weight < 0:
+            raise DretrieverError(f"inbatch_weight: must be >= 0, got {self.inbatch_weight}")
+
+
+ARGS = TasBalancedArgs
+
+
+def build_pairs(teacher: dict[str, list[tuple[str, float]]], qrels: dict[str, dict[str, int]], depth: int,
+                scale: float = 1.0) -> dict[str, list[Pair]]:
+    """Per query, every (judged positive, top-``depth`` unjudged candidate) pair scored by the teacher."""
+    pairs: dict[str, list[Pair]] = {}
+    for qid, judged in qrels.items():
+        scored = dict(teacher.get(qid, []))
+        positives = [d for d, r in judged.items() if r > 0 and d in scored]
+        negatives = [d for d, _ in teacher.get(qid, []) if d not in judged][:depth]
+        if positives and negatives:
+            pairs[qid] = [Pair(p, n, scale * scored[p], scale * scored[n]) for p in positives for n in negatives]
+    return pairs
+
+
+class TasBalanced:
+    name = "tas-balanced"
+
+    def __init__(self, args: TasBalancedArgs, train_args):
+        self.args, self.train_args = args, train_args
+
+    # ------------------------------------------------------------------ Method protocol
+    def setup(self, encoder, accelerator) -> None:
+        a, ta = self.args, self.train_args
+        if not ta.data:
+            raise DretrieverError("data: TAS-Balanced needs a BEIR dataset folder with qrels/<train_split>.tsv")
+        self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries)
+        teacher = read_teacher_scores(a.teacher)
+        unknown = sorted({d for hits in teacher.values() for d, _ in hits} - set(self.data.corpus))
+        if unknown:
+            raise DretrieverError(f"teacher: {a.teacher} names {len(unknown)} document(s) missing from "
+                                  f"{ta.data}, e.g. {unknown[0]!r}")
+        pairs = build_pairs(teacher, self.data.qrels, a.negative_depth, a.teacher_scale)
+        if not pairs:
+            raise DretrieverError(f"teacher: {a.teacher} scores no judged positive of the {ta.train_split} queries")
+        if len(pairs) < len(self.data.queries):
+            log.warning("teacher: %d of %d training queries lack a scored positive or negative in %s; skipped",
+                        len(self.data.queries) - len(pairs), len(self.data.queries), a.teacher)
+        self.qids = sorted(pairs)
+        self.margins = BalancedMarginSampler(pairs, a.margin_bins, seed=ta.seed)
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        emb = encoder.encode_queries([self.data.queries[q] for q in self.qids], batch_size=ta.eval_batch_size,
+                                     precision=ta.precision)
+        n_clusters = min(a.n_clusters, len(self.qids))
+        self.clusters = cluster_queries(emb, n_clusters, seed=ta.seed)
+        self.sampler = ClusterBatchSampler(self.clusters, ta.batch_size * self.world, a.clusters_per_batch, ta.seed)
+        self.inbatch = self._inbatch_teacher(pairs) if a.inbatch_teacher and a.inbatch_weight > 0 else None
+
+    def _inbatch_teacher(self, pairs: dict[str, list[Pair]]):
+        """Vectors of the in-batch teacher: every training query and every document a pair can draw."""
+        from ..encoder import BiEncoder
+        from ..index.sharded import ShardedIndex
+        from .adore import doc_vectors
+
+        a, ta = self.args, self.train_args
+        teacher = BiEncoder.from_pretrained(a.inbatch_teacher)
+        docs = sorted({d for ps in pairs.values() for p in ps for d in (p.positive, p.negative)})
+        if a.inbatch_teacher_index:
+            from ..search.dense import check_encoder
+
+            index = ShardedIndex.open(a.inbatch_teacher_index)
+            check_encoder(index.manifest, teacher, a.inbatch_teacher_index)
+            where = {d: (s, i) for s, shard in enumerate(index.shards) for i, d in enumerate(shard.docids)}
+            missing = [d for d in docs if d not in where]
+            if missing:
+                raise DretrieverError(f"inbatch_teacher_index: {a.inbatch_teacher_index} lacks document {missing[0]!r}")
+            dvecs = doc_vectors(index, [where[d] for d in docs])
+        else:
+            dvecs = teacher.encode_docs([self.data.corpus[d].contents for d in docs], batch_size=ta.eval_batch_size,
+                                        precision=ta.precision, progress=ta.progress)
+        qvecs = teacher.encode_queries([self.data.queries[q] for q in self.qids], batch_size=ta.eval_batch_size,
+                                       precision=ta.precision)
+        return ({q: i for i, q in enumerate(self.qids)}, torch.from_numpy(qvecs),
+                {d: i for i, d in enumerate(docs)}, torch.from_numpy(dvecs))
+
+    def batches(self, epoch: int):
+        out = []
+        for group in self.sampler.batches(epoch):
+            local = group[self.rank::self.world]
+            if len(group) < self.world or not local:
+                continue
+            items = [(self.qids[i], self.margins.sample(self.qids[i], epoch)) for i in local]
+            out.append(items)
+        return out
+
+    def loss(self, encoder, batch):
+        a = self.args
+        qids = [q for q, _ in batch]
+        pos_ids = [p.positive for _, p in batch]
+        neg_ids = [p.negative for _, p in batch]
+        corpus = self.data.corpus
+        q = encoder.embed(encoder.tokenize([self.data.queries[x] for x in qids], "query"), "query").float()
+        docs = encoder.embed(encoder.tokenize([corpus[d].contents for d in pos_ids + neg_ids], "doc"), "doc").float()
+        B = len(batch)
+        pos, neg = docs[:B], docs[B:]
+        t_pos = torch.tensor([p.teacher_pos for _, p in batch], device=q.device)
+        t_neg = torch.tensor([p.teacher_neg for _, p in batch], device=q.device)
+        s_pos = a.student_scale * (q * pos).sum(-1)
+        s_neg = a.student_scale * (q * neg).sum(-1)
+        pair_loss = margin_mse(s_pos, s_neg, t_pos, t_neg)
+        logs = {"pair_loss": float(pair_loss.detach()), "student_margin": float((s_pos - s_neg).mean().detach()),
+                "teacher_margin": float((t_pos - t_neg).mean()), "batch_queries": B}
+        loss = pair_loss
+        if self.inbatch is not None:
+            q_row, tq, d_row, td = self.inbatch
+            ids = pos_ids + neg_ids
+            teacher = a.inbatch_teacher_scale * (tq[[q_row[x] for x in qids]] @ td[[d_row[d] for d in ids]].T)
+            teacher = teacher.to(q.device)
+            student = a.student_scale * q @ docs.T
+            mask = torch.tensor([[j == i or d not in self.data.qrels[qid] for j, d in enumerate(ids)]
+                                 for i, qid in enumerate(qids)], device=q.device)
+            positive_index = torch.arange(B, device=q.device)
+            if a.inbatch_loss == "kl":
+                inbatch = kl_distill(student, teacher, a.kl_temperature, a.kl_temperature, mask)
+            else:
+                inbatch = inbatch_margin_mse(student, teacher, positive_index, mask)
+            loss = loss + a.inbatch_weight * inbatch
+            logs["inbatch_loss"] = float(inbatch.detach())
+        return loss, logs
+
+    def trainable_parameters(self, encoder):
+        return list(encoder.parameters())
+
+    def after_step(self, encoder) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}  # batches and pairs are pure functions of (seed, epoch, query)
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

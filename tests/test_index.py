@@ -1,0 +1,182 @@
+"""Sharded index build: Pyserini-loadable shards, checksums, resume after kill -9, bad input, accelerate."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dretriever import pyserini_env
+from dretriever.data.beir import load_beir, load_corpus
+from dretriever.encoder import BiEncoder
+from dretriever.errors import DretrieverError
+from dretriever.index.build import build_index, corpus_source
+from dretriever.index.manifest import read_manifest
+from dretriever.index.sharded import ShardedIndex
+from dretriever.models import resolve_model
+from dretriever.search.dense import DenseSearcher
+
+from .conftest import make_tiny_bert
+
+CLI = [sys.executable, "-m", "dretriever"]
+
+
+def build(corpus_path, model, out, shards=3, factory="Flat", **kw):
+    corpus = load_corpus(corpus_path)
+    source = corpus_source(corpus, shards, {"path": str(corpus_path)})
+    return build_index(source, BiEncoder.from_pretrained(model), out, model=str(model), factory=factory,
+                       progress=False, **kw)
+
+
+def all_docids(root):
+    m = read_manifest(root)
+    return [line for s in m["shards"] for line in (Path(root) / s["dir"] / "docid").read_text().splitlines()]
+
+
+def test_shards_cover_corpus_and_merge_like_one_index(scifact_small, tiny_model, tmp_path):
+    m3 = build(scifact_small / "corpus.jsonl", tiny_model, tmp_path / "s3", shards=3)
+    m1 = build(scifact_small / "corpus.jsonl", tiny_model, tmp_path / "s1", shards=1)
+    corpus = load_corpus(scifact_small / "corpus.jsonl")
+    assert m3["complete"] and [s["state"] for s in m3["shards"]] == ["done"] * 3
+    assert sorted(all_docids(tmp_path / "s3")) == sorted(corpus) and len(set(all_docids(tmp_path / "s3"))) == len(corpus)
+    ds = load_beir(scifact_small)
+    run3 = DenseSearcher.load(tmp_path / "s3").search(ds.queries, k=50)
+    run1 = DenseSearcher.load(tmp_path / "s1").search(ds.queries, k=50)
+    for qid in ds.queries:
+        assert [d for d, _ in run3[qid]] == [d for d, _ in run1[qid]]
+        np.testing.assert_allclose([s for _, s in run3[qid]], [s for _, s in run1[qid]], rtol=1e-5)
+    hit_shard, pos = ShardedIndex.open(tmp_path / "s3").search(np.zeros((1, 32), np.float32) + 0.1, 1)[1][0][0]
+    index = ShardedIndex.open(tmp_path / "s3")
+    docid = index.docid(hit_shard, pos)
+    assert index.texts(hit_shard, [docid])[docid]["text"] == corpus[docid].text
+
+
+def test_same_ranking_as_pyserini_faiss_searcher(scifact_small, tmp_path):
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+    build(scifact_small / "corpus.jsonl", model, tmp_path / "idx", shards=1)
+    ds = load_beir(scifact_small)
+    ours = DenseSearcher.load(tmp_path / "idx").search(ds.queries, k=100)
+    encoder = pyserini_env.auto_query_encoder(resolve_model(model), pooling="mean", l2_norm=True)
+    searcher = pyserini_env.faiss_searcher(tmp_path / "idx" / "shard-00000", encoder)
+    qids = list(ds.queries)
+    theirs = searcher.batch_search([ds.queries[q] for q in qids], qids, k=100)
+    for qid in qids:
+        assert [h.docid for h in theirs[qid]] == [d for d, _ in ours[qid]]
+        np.testing.assert_allclose([h.score for h in theirs[qid]], [s for _, s in ours[qid]], atol=1e-4)
+
+
+def test_kill_9_then_rerun_completes_without_reencoding(scifact_small, tmp_path):
+    """Kill the build after two shards are done; the rerun finishes the rest and keeps the done ones."""
+    out = tmp_path / "idx"
+    cmd = CLI + ["index", "build", "--corpus", str(scifact_small / "corpus.jsonl"), "--output", str(out),
+                 "--shards", "8", "--model", "sentence-transformers/all-MiniLM-L6-v2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    done_before = []
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "manifest.json").is_file():
+            shards = json.loads((out / "manifest.json").read_text())["shards"]
+            done_before = [s for s in shards if s["state"] == "done"]
+            if len(done_before) >= 2:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the build finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = read_manifest(out)
+    assert not killed["complete"]
+    done_before = [s for s in killed["shards"] if s["state"] == "done"]
+    assert 2 <= len(done_before) < 8
+    with pytest.raises(DretrieverError, match="incomplete"):
+        ShardedIndex.open(out)
+
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    final = read_manifest(out)
+    assert final["complete"]
+    for before in done_before:  # finished shards were skipped: same files, same finish time
+        after = next(s for s in final["shards"] if s["dir"] == before["dir"])
+        assert after["finished_at"] == before["finished_at"] and after["sha256"] == before["sha256"]
+    ids = all_docids(out)
+    assert len(ids) == len(set(ids)) and set(ids) == set(load_corpus(scifact_small / "corpus.jsonl"))
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]  # the killed process's partial shard is gone
+    assert len(ShardedIndex.open(out)) == len(ids)
+
+
+def test_tampered_shard_is_rebuilt(scifact_small, tiny_model, tmp_path):
+    out = tmp_path / "idx"
+    first = build(scifact_small / "corpus.jsonl", tiny_model, out, shards=2)
+    with open(out / "shard-00001" / "docid", "a") as f:
+        f.write("junk\n")
+    with pytest.raises(DretrieverError, match="checksums"):
+        ShardedIndex.open(out)
+    again = build(scifact_small / "corpus.jsonl", tiny_model, out, shards=2)
+    assert again["shards"][0]["finished_at"] == first["shards"][0]["finished_at"]
+    assert again["shards"][1]["sha256"] == first["shards"][1]["sha256"]
+    assert len(ShardedIndex.open(out)) == len(load_corpus(scifact_small / "corpus.jsonl"))
+
+
+def test_wrong_model_is_refused(scifact_small, tiny_model, tmp_path):
+    out = tmp_path / "idx"
+    build(scifact_small / "corpus.jsonl", tiny_model, out, shards=1)
+    other = make_tiny_bert(tmp_path / "other", seed=1)
+    with pytest.raises(DretrieverError, match="differ from those the index was built with"):
+        DenseSearcher.load(out, model=str(other))
+    wider = make_tiny_bert(tmp_path / "wider", seed=0, hidden=48)
+    with pytest.raises(DretrieverError, match="index dimension is 32 but the model gives 48"):
+        DenseSearcher.load(out, model=str(wider))
+    with pytest.raises(DretrieverError, match="different encoder"):
+        build(scifact_small / "corpus.jsonl", other, out, shards=1)
+
+
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "HNSW16"])
+def test_approximate_factories(scifact_small, tiny_model, tmp_path, factory):
+    out = tmp_path / "idx"
+    m = build(scifact_small / "corpus.jsonl", tiny_model, out, shards=2, factory=factory)
+    assert (m["faiss"]["trained_index"] == "trained.index") == factory.startswith("IVF")
+    index = ShardedIndex.open(out)
+    if factory.startswith("IVF"):
+        index.set_search_params(nprobe=8)  # all lists: exact
+    else:
+        index.set_search_params(efSearch=512)
+    build(scifact_small / "corpus.jsonl", tiny_model, tmp_path / "flat", shards=1)
+    exact = ShardedIndex.open(tmp_path / "flat")
+    q = np.random.default_rng(0).normal(size=(8, 32)).astype(np.float32)
+    scores, hits = index.search(q, 10)
+    want, want_hits = exact.search(q, 10)
+    assert scores.shape == (8, 10) and np.all(np.diff(scores, axis=1) <= 1e-6)
+    got_ids = [{index.docid(s, p) for s, p in row} for row in hits]
+    want_ids = [{exact.docid(s, p) for s, p in row} for row in want_hits]
+    recall = np.mean([len(g & w) / 10 for g, w in zip(got_ids, want_ids)])
+    assert recall >= 0.9, recall
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_bad_corpus_exits_non_zero_and_leaves_no_index(tmp_path, tiny_model):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": \n')
+    done = run_cli("index", "build", "--corpus", str(corpus), "--output", str(tmp_path / "idx"), "--model", str(tiny_model))
+    assert done.returncode == 2
+    assert f"{corpus}:2: malformed JSON" in done.stderr
+    assert not (tmp_path / "idx").exists()
+
+
+def test_two_accelerate_processes_build_their_own_shards(scifact_small, tiny_model, tmp_path):
+    out = tmp_path / "idx"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dretriever"]
+    done = subprocess.run(launcher + ["index", "build", "--corpus", str(scifact_small / "corpus.jsonl"),
+                                      "--output", str(out), "--shards", "4", "--model", str(tiny_model)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = read_manifest(out)
+    assert m["complete"] and all(s["state"] == "done" for s in m["shards"])
+    ids = all_docids(out)
+    assert len(ids) == len(set(ids)) == len(load_corpus(scifact_small / "corpus.jsonl"))

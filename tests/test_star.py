@@ -1,0 +1,128 @@
+"""STAR: mining (positives excluded, depth), batches, masks, a few training steps, the train command."""
+
+import json
+
+import pytest
+import torch
+
+from dretriever.data.negatives import read_negatives
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import make_toy_beir, write_random_negatives, write_recipe
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_toy_beir(tmp_path_factory.mktemp("toy"))
+
+
+def test_mine_excludes_positives_and_keeps_depth(toy, tiny_model, tmp_path):
+    from dretriever.cli import main
+
+    index = tmp_path / "index"
+    assert main(["index", "build", "--corpus", str(toy), "--output", str(index), "--model", str(tiny_model),
+                 "--shards", "2", "--precision", "fp32"]) == 0
+    out = tmp_path / "neg.jsonl"
+    assert main(["mine", "--index", str(index), "--data", str(toy), "--output", str(out), "--depth", "7",
+                 "--precision", "fp32"]) == 0
+    negs, meta = read_negatives(out)
+    assert meta["depth"] == 7 and len(negs) == 32
+    qrels = {}
+    for line in (toy / "qrels" / "train.tsv").read_text().splitlines()[1:]:
+        q, d, _ = line.split("\t")
+        qrels.setdefault(q, set()).add(d)
+    for qid, ids in negs.items():
+        assert len(ids) == 7 and len(set(ids)) == 7
+        assert not set(ids) & qrels[qid]
+    rows = [json.loads(l) for l in out.read_text().splitlines()[1:]]
+    assert all(r["scores"] == sorted(r["scores"], reverse=True) for r in rows)
+
+
+def _star(toy, negatives, tiny_model, out, **over):
+    from dretriever.train.config import TrainArgs
+    from dretriever.train.star import Star, StarArgs
+
+    targs = dict(method="star", model=str(tiny_model), output_dir=str(out), data=str(toy), batch_size=4,
+                 precision="fp32", progress=False)
+    targs.update({k: v for k, v in over.items() if k in TrainArgs.__dataclass_fields__})
+    margs = dict(negatives=str(negatives), neg_depth=10, temperature=0.05)
+    margs.update({k: v for k, v in over.items() if k in StarArgs.__dataclass_fields__})
+    return TrainArgs(**targs), Star(StarArgs(**margs), TrainArgs(**targs))
+
+
+class _Acc:
+    num_processes, process_index = 1, 0
+
+
+def test_batches_deterministic_and_masks(toy, tiny_model, tmp_path):
+    from dretriever.encoder import BiEncoder
+
+    neg = write_random_negatives(toy, tmp_path / "neg.jsonl")
+    args, star = _star(toy, neg, tiny_model, tmp_path / "o", hard_negatives=2)
+    enc = BiEncoder.from_pretrained(tiny_model)
+    star.setup(enc, _Acc())
+    b0, b0_again, b1 = star.batches(0), star.batches(0), star.batches(1)
+    assert [x["global"] for x in b0] == [x["global"] for x in b0_again]
+    assert [x["global"] for x in b0] != [x["global"] for x in b1]
+    assert len(b0) == 32 // 4
+    for batch in b0:
+        for qid, pos, negs in batch["global"]:
+            assert pos in star.data.qrels[qid] and len(negs) == 2
+            assert not set(negs) & set(star.data.qrels[qid])
+    loss, logs = star.loss(enc, b0[0])
+    assert loss.ndim == 0 and loss.item() > 0 and "acc_vs_own_hard" in logs
+
+
+def test_star_shared_positive_is_masked(toy, tiny_model, tmp_path):
+    """q0 has positives d0 and d1; when q1 (positive d1) shares the batch, d1 is not a negative of q0."""
+    from dretriever.encoder import BiEncoder
+
+    neg = write_random_negatives(toy, tmp_path / "neg.jsonl")
+    args, star = _star(toy, neg, tiny_model, tmp_path / "o")
+    enc = BiEncoder.from_pretrained(tiny_model)
+    star.setup(enc, _Acc())
+    batch = {"global": [("q0", "d0", ["d5"]), ("q1", "d1", ["d6"])], "local": None}
+    batch["local"] = batch["global"]
+    captured = {}
+    import dretriever.train.star as star_mod
+
+    real = star_mod.pairwise_softmax_loss
+
+    def spy(q, pos, labels, rand_mask, neg, hard_mask, t):
+        captured.update(rand_mask=rand_mask, hard_mask=hard_mask, labels=labels)
+        return real(q, pos, labels, rand_mask, neg, hard_mask, t)
+
+    star_mod.pairwise_softmax_loss = spy
+    try:
+        star.loss(enc, batch)
+    finally:
+        star_mod.pairwise_softmax_loss = real
+    assert captured["rand_mask"].tolist() == [[False, False], [True, False]]  # d0 is a fine negative for q1
+    assert captured["hard_mask"].tolist() == [[True, True], [True, True]]
+    assert captured["labels"].tolist() == [0, 1]
+
+
+def test_train_command_runs_and_saves(toy, tiny_model, tmp_path):
+    from dretriever.cli import main
+    from dretriever.encoder import BiEncoder
+
+    neg = write_random_negatives(toy, tmp_path / "neg.jsonl")
+    out = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "star.yaml", method="star", model=str(tiny_model), output_dir=str(out),
+                          data=str(toy), negatives=str(neg), neg_depth=10, temperature=0.05, batch_size=8,
+                          epochs=2, lr=1e-3, precision="fp32", dev_queries=8, dev_corpus=0, progress=False)
+    assert main(["train", str(recipe)]) == 0
+    rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    devs = [r for r in rows if "dev_ndcg@10" in r]
+    assert len(steps) == 2 * (24 // 8)  # 8 dev queries carved from 32
+    assert len(devs) == 3  # start + 2 epoch ends
+    assert all(r["lr"] >= 0 and r["samples_per_s"] > 0 for r in steps) and steps[0]["lr"] > 0
+    for sub in ("final", "best"):
+        enc = BiEncoder.from_pretrained(out / sub)
+        assert enc.encode_queries(["protein cell"], precision="fp32").shape == (1, 32)
+    assert (out / "training_curve.png").stat().st_size > 1000
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 6

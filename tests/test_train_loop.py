@@ -1,0 +1,156 @@
+"""The loop: resume reproduces the uninterrupted run, gradient cache = plain gradients, recipe validation."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import make_toy_beir, write_random_negatives, write_recipe  # noqa: E402
+
+from dretriever.errors import DretrieverError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = make_toy_beir(tmp_path_factory.mktemp("toy"))
+    write_random_negatives(root, root / "neg.jsonl")
+    return root
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_resume_gives_the_same_next_step_loss(toy, tiny_model, tmp_path):
+    from dretriever.cli import main
+
+    common = dict(method="star", model=str(tiny_model), data=str(toy), negatives=str(toy / "neg.jsonl"),
+                  neg_depth=10, temperature=0.05, batch_size=4, max_steps=5, save_steps=2, save_total_limit=5,
+                  lr=1e-3, precision="fp32", progress=False)
+    full = tmp_path / "full"
+    assert main(["train", str(write_recipe(tmp_path / "a.yaml", output_dir=str(full), **common))]) == 0
+    # an "interrupted" run: only the step-2 checkpoint of the full run survives
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-0000002", part / "checkpoints" / "step-0000002")
+    assert main(["train", str(write_recipe(tmp_path / "b.yaml", output_dir=str(part), **common))]) == 0
+    a, b = _losses(full), _losses(part)
+    assert sorted(b) == [3, 4, 5]  # resumed at step 3
+    for step in (3, 4, 5):
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), step
+    # and the final weights agree
+    wa = torch.load(full / "checkpoints" / "step-0000005" / "model.pt")
+    wb = torch.load(part / "checkpoints" / "step-0000005" / "model.pt")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_checkpoint_contents_and_limit(toy, tiny_model, tmp_path):
+    from dretriever.cli import main
+
+    out = tmp_path / "o"
+    recipe = write_recipe(tmp_path / "r.yaml", method="star", model=str(tiny_model), data=str(toy),
+                          negatives=str(toy / "neg.jsonl"), neg_depth=10, batch_size=4, max_steps=4, save_steps=1,
+                          save_total_limit=2, precision="fp32", output_dir=str(out), progress=False)
+    assert main(["train", str(recipe)]) == 0
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step-0000003", "step-0000004"]
+    files = {p.name for p in (out / "checkpoints" / "step-0000004").iterdir()}
+    assert {"model.pt", "optimizer.pt", "scheduler.pt", "rng-0.pt", "method-0.pt", "state.json"} <= files
+    state = json.loads((out / "checkpoints" / "step-0000004" / "state.json").read_text())
+    assert state["step"] == 4
+
+
+def test_grad_cache_matches_plain_gradients(toy, tiny_model, tmp_path):
+    from dretriever.encoder import BiEncoder
+    from dretriever.train.config import TrainArgs
+    from dretriever.train.gradcache import CachedEncoder
+    from dretriever.train.star import Star, StarArgs
+
+    ta = TrainArgs(method="star", model=str(tiny_model), output_dir=str(tmp_path), data=str(toy), batch_size=8,
+                   precision="fp32")
+    star = Star(StarArgs(negatives=str(toy / "neg.jsonl"), neg_depth=10, temperature=0.05, hard_negatives=2), ta)
+
+    class Acc:
+        num_processes, process_index = 1, 0
+
+    enc = BiEncoder.from_pretrained(tiny_model)
+    star.setup(enc, Acc())
+    enc.eval()  # no dropout: the two passes must see identical networks
+    batch = star.batches(0)[0]
+    loss, _ = star.loss(enc, batch)
+    loss.backward()
+    plain = {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+    enc.zero_grad(set_to_none=True)
+    view = CachedEncoder(enc, chunk=3)
+    loss2, _ = star.loss(view, batch)
+    view.backward(loss2)
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-5)
+    cached = {n: p.grad for n, p in enc.named_parameters() if p.grad is not None}
+    assert plain.keys() == cached.keys()
+    for n in plain:
+        torch.testing.assert_close(cached[n], plain[n], rtol=1e-3, atol=1e-6)
+
+
+def test_grad_cache_training_runs(toy, tiny_model, tmp_path):
+    from dretriever.cli import main
+
+    out = tmp_path / "gc"
+    recipe = write_recipe(tmp_path / "r.yaml", method="star", model=str(tiny_model), data=str(toy),
+                          negatives=str(toy / "neg.jsonl"), neg_depth=10, batch_size=8, max_steps=2,
+                          grad_cache_chunk=4, grad_accum=2, precision="fp32", output_dir=str(out), progress=False)
+    assert main(["train", str(recipe)]) == 0
+    assert sorted(_losses(out)) == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------- recipes
+def _parse(tmp_path, **fields):
+    from dretriever.train.config import parse_recipe
+
+    return parse_recipe([str(write_recipe(tmp_path / "r.yaml", **fields))])
+
+
+@pytest.fixture
+def good(toy, tiny_model, tmp_path):
+    return dict(method="star", model=str(tiny_model), data=str(toy), negatives=str(toy / "neg.jsonl"),
+                output_dir=str(tmp_path / "o"))
+
+
+def test_recipe_parses_with_overrides(good, tmp_path):
+    from dretriever.train.config import parse_recipe
+
+    path = write_recipe(tmp_path / "r.yaml", **good, lr=3.0e-5, neg_depth=50)
+    ta, ma, cls = parse_recipe([str(path), "--lr", "1e-4", "--temperature", "0.1"])
+    assert ta.lr == 1e-4 and ma.temperature == 0.1 and ma.neg_depth == 50 and cls.__name__ == "Star"
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"method": "stra"}, "method"),
+    ({"lr": -1.0}, "lr"),
+    ({"lr": "fast"}, "lr"),
+    ({"negatives": "/nonexistent/neg.jsonl"}, "negatives"),
+    ({"data": "/nonexistent/scifact"}, "data"),
+    ({"model": "/nonexistent/model"}, "model"),
+    ({"learning_rate": 1e-5}, "learning_rate"),
+    ({"precision": "fp8"}, "precision"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"neg_depth": 0}, "neg_depth"),
+])
+def test_bad_recipe_values_fail_naming_the_field(good, tmp_path, change, field):
+    with pytest.raises(DretrieverError, match=field):
+        _parse(tmp_path, **{**good, **change})
+
+
+def test_missing_recipe_file_and_cli_exit_code(tmp_path, capsys):
+    from dretriever.cli import main
+
+    with pytest.raises(DretrieverError, match="recipe"):
+        from dretriever.train.config import parse_recipe
+        parse_recipe([str(tmp_path / "nope.yaml")])
+    assert main(["train", str(write_recipe(tmp_path / "r.yaml", method="colbert", output_dir="x"))]) == 2
+    assert "method" in capsys.readouterr().err

@@ -1,0 +1,56 @@
+"""A toy BEIR dataset (train qrels) and small recipe writers for the training tests."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import yaml
+
+WORDS = ("protein cell gene tumor virus immune brain heart blood insulin receptor enzyme neuron muscle liver "
+         "kidney lung bone skin stem signal pathway mutation therapy drug dose trial risk infection vaccine "
+         "antibody membrane mitochondria metabolism hormone calcium sodium oxygen glucose lipid").split()
+
+
+def make_toy_beir(root: Path, n_docs: int = 48, n_queries: int = 32, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "qrels").mkdir(exist_ok=True)
+    docs = []
+    for i in range(n_docs):
+        words = rng.sample(WORDS, 12)
+        docs.append({"_id": f"d{i}", "title": f"doc {i}", "text": " ".join(words)})
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    queries, qrels = [], []
+    for i in range(n_queries):
+        words = docs[i]["text"].split()[:4]
+        queries.append({"_id": f"q{i}", "text": " ".join(words)})
+        qrels.append((f"q{i}", f"d{i}", 1))
+        if i % 5 == 0:  # a few queries with two positives
+            qrels.append((f"q{i}", f"d{(i + 1) % n_docs}", 1))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{r}\n" for q, d, r in qrels))
+    return root
+
+
+def write_random_negatives(data: Path, path: Path, depth: int = 10, seed: int = 0) -> Path:
+    """Negatives as `dretriever mine` writes them, drawn at random (no index needed)."""
+    from dretriever.data.beir import load_beir
+    from dretriever.data.negatives import write_negatives
+
+    ds = load_beir(data, split="train")
+    rng = random.Random(seed)
+    rows = []
+    for qid, judged in ds.qrels.items():
+        cands = [d for d in ds.corpus if d not in judged]
+        rng.shuffle(cands)
+        rows.append({"qid": qid, "positives": sorted(judged), "negatives": cands[:depth], "scores": [0.0] * depth})
+    write_negatives(path, rows, {"random": True})
+    return path
+
+
+def write_recipe(path: Path, **fields) -> Path:
+    path.write_text(yaml.safe_dump(fields, sort_keys=False))
+    return path
