@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     p.add_argument("--docs", type=int, default=1000)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=64, help="dretriever batch size (its default: 64)")
     p.add_argument("--precision", default="auto")
     args = p.parse_args()
 

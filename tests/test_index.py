@@ -159,12 +159,18 @@ def run_cli(*args, cwd=None):
     return subprocess.run(CLI + list(args), capture_output=True, text=True, cwd=cwd)
 
 
-def test_cli_bad_corpus_exits_non_zero_and_leaves_no_index(tmp_path, tiny_model):
+@pytest.mark.parametrize("lines, message", [
+    (['{"_id": "a", "text": "x"}', '{"_id": "b", "text": '], ":2: malformed JSON"),
+    (['{"_id": "a", "text": "x"}', '{"_id": "a", "text": "y"}'], ":2: duplicate document id 'a'"),
+    (['{"_id": "a", "text": "x"}', '{"text": "y"}'], ":2: missing '_id'"),
+    ([], ": the corpus is empty"),
+])
+def test_cli_bad_corpus_exits_non_zero_and_leaves_no_index(tmp_path, tiny_model, lines, message):
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": \n')
+    corpus.write_text("".join(line + "\n" for line in lines))
     done = run_cli("index", "build", "--corpus", str(corpus), "--output", str(tmp_path / "idx"), "--model", str(tiny_model))
     assert done.returncode == 2
-    assert f"{corpus}:2: malformed JSON" in done.stderr
+    assert f"error: {corpus}{message}" in done.stderr
     assert not (tmp_path / "idx").exists()
 
 

@@ -28,5 +28,5 @@ def main(argv) -> int:
     repo = Path(args.file).resolve().parent.parent
     results = run_all(entries, str(Path(args.beir_data).resolve()), cwd=repo)
     failed = [r["name"] for r in results if not r["ok"]]
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    print(f"regress: {len(results) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0

@@ -1,0 +1,68 @@
+"""Serve one index over HTTP (FastAPI under uvicorn): ``dretriever serve indexes/NAME [--port 8000]``.
+
+Binds to 127.0.0.1 unless ``--host`` says otherwise. With ``DRETRIEVER_API_KEY`` set in the environment
+every request must carry that key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cli import parse
+from ..errors import DretrieverError
+from ..search.retriever import FUSIONS, MODES, Retriever
+from ..search.server import API_KEY_ENV, create_app
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeArgs:
+    index: str = field(default="", metadata={"help": "index folder (also accepted as the first argument)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to bind; 0.0.0.0 exposes the server"})
+    port: int = 8000
+    mode: str = field(default="dense", metadata={"help": f"default mode: {' | '.join(MODES)}"})
+    fusion: str = field(default="rrf", metadata={"help": f"hybrid fusion: {' | '.join(FUSIONS)}"})
+    alpha: float = field(default=0.5, metadata={"help": "weight of the dense run for interpolation"})
+    model: str | None = field(default=None, metadata={"help": "query encoder (default: the manifest's)"})
+    max_k: int = 1000
+    max_batch: int = 64
+    max_query_chars: int = 2000
+    max_body_bytes: int = 1 << 20
+    nprobe: int | None = field(default=None, metadata={"help": "IVF lists probed per shard"})
+    ef_search: int | None = field(default=None, metadata={"help": "HNSW efSearch"})
+    log_level: str = "info"
+
+    def __post_init__(self):
+        if not self.index:
+            raise DretrieverError("index: name the index folder to serve")
+        if not (Path(self.index) / "manifest.json").is_file():
+            raise DretrieverError(f"index: {self.index} holds no manifest.json")
+        if not 0 <= self.port <= 65535:
+            raise DretrieverError(f"port: expected 0-65535, got {self.port}")
+        if self.max_k < 1 or self.max_batch < 1 or self.max_body_bytes < 1 or self.max_query_chars < 1:
+            raise DretrieverError("max_k, max_batch, max_query_chars and max_body_bytes must be positive")
+
+
+def main(argv) -> int:
+    argv = list(argv)
+    if argv and not argv[0].startswith("-") and not argv[0].endswith((".yaml", ".yml")):
+        argv = ["--index", *argv]  # `dretriever serve indexes/NAME`
+    args = parse(ServeArgs, argv)
+    import uvicorn
+
+    retriever = Retriever.load(args.index, mode=args.mode, model=args.model, fusion=args.fusion, alpha=args.alpha)
+    params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
+    if params:
+        retriever.index.set_search_params(**params)
+    api_key = os.environ.get(API_KEY_ENV) or None
+    app = create_app(retriever, name=Path(args.index).name, api_key=api_key, max_k=args.max_k,
+                     max_batch=args.max_batch, max_query_chars=args.max_query_chars,
+                     max_body_bytes=args.max_body_bytes)
+    log.info("serving %s (%d passages) on http://%s:%d%s", args.index, len(retriever.index), args.host, args.port,
+             " with an API key" if api_key else "")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    return 0

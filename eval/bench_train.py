@@ -1,0 +1,168 @@
+"""Training throughput: dretriever's STAR step against sentence-transformers' own trainer (MNRL).
+
+Same model, same SciFact training triples (query, positive, one hard negative mined by zero-shot MiniLM),
+batch 32, max length 256 on both sides, each side in its fastest precision on this machine. The two
+are measured in one process, interleaved run by run (so background load hits both alike); each run times
+``--steps`` optimizer steps after ``--warmup`` untimed ones. Prints per-run pairs/s and the medians.
+
+    python eval/bench_train.py --runs 3 --steps 4 [--st_precisions fp32 bf16] [--ours_precision fp32]
+
+A "pair" is one training query with its positive and negative (one row of the batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def triples(data: Path, negatives: Path | None, n: int) -> list[tuple[str, str, str, str, str]]:
+    """``(qid, query, pos_id, neg_id)``-style rows: (qid, query, pos text, neg text, pos id)."""
+    from dretriever.data.beir import load_beir
+    from dretriever.data.negatives import read_negatives
+
+    ds = load_beir(data, split="train")
+    negs = read_negatives(negatives)[0] if negatives and negatives.is_file() else {}
+    out = []
+    ids = list(ds.corpus)
+    for i, qid in enumerate(sorted(ds.qrels)):
+        pos = sorted(d for d, r in ds.qrels[qid].items() if r > 0)[0]
+        cands = [d for d in negs.get(qid, []) if d not in ds.qrels[qid]][3:30] or \
+            [d for d in ids[i:] if d not in ds.qrels[qid]]
+        neg = cands[i % len(cands)]
+        out.append((qid, ds.queries[qid], pos, neg))
+        if len(out) == n:
+            break
+    return out, ds
+
+
+def bench_ours(rows, ds, batch: int, steps: int, warmup: int, precision: str, data: Path, neg_file: Path) -> float:
+    """Seconds per STAR optimizer step (Star.loss + backward + clip + AdamW + schedule), fp32 or autocast."""
+    from dretriever.encoder import BiEncoder, autocast
+    from dretriever.train.config import TrainArgs
+    from dretriever.train.star import Star, StarArgs
+
+    ta = TrainArgs(method="star", model=MODEL, output_dir="/tmp/bench-star", data=str(data), batch_size=batch,
+                   precision=precision, query_max_length=256, doc_max_length=256)
+    star = Star(StarArgs(negatives=str(neg_file), neg_start=3, neg_depth=30, temperature=0.05), ta)
+
+    class Acc:
+        num_processes, process_index = 1, 0
+
+    enc = BiEncoder.from_pretrained(MODEL, query_max_length=256, doc_max_length=256)
+    enc.train()
+    star.setup(enc, Acc())
+    # the benchmark's fixed triples, in STAR's batch format
+    items = [(q, p, [n]) for q, _, p, n in rows]
+    batches = [{"global": items[i:i + batch], "local": items[i:i + batch]} for i in range(0, len(items) - batch + 1, batch)]
+    opt = torch.optim.AdamW(enc.parameters(), lr=2e-5)
+    times = []
+    for s in range(warmup + steps):
+        b = batches[s % len(batches)]
+        t = time.perf_counter()
+        with autocast(enc.device, precision):
+            loss, _ = star.loss(enc, b)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(enc.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if s >= warmup:
+            times.append(time.perf_counter() - t)
+    return sum(times) / len(times)
+
+
+def bench_st(rows, ds, batch: int, steps: int, warmup: int, precision: str) -> float:
+    """Seconds per step of SentenceTransformerTrainer + MultipleNegativesRankingLoss on (anchor, pos, neg)."""
+    from datasets import Dataset
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    from dretriever.models import resolve_model
+
+    model = SentenceTransformer(resolve_model(MODEL), device="cpu")
+    model.max_seq_length = 256
+    n = batch * (warmup + steps)
+    reps = (n + len(rows) - 1) // len(rows)
+    rr = (rows * reps)[:n]
+    dataset = Dataset.from_dict({"anchor": [r[1] for r in rr], "positive": [ds.corpus[r[2]].contents for r in rr],
+                                 "negative": [ds.corpus[r[3]].contents for r in rr]})
+    stamps = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            stamps.append(["begin", time.perf_counter()])
+
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(["end", time.perf_counter()])
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir="/tmp/bench-st", per_device_train_batch_size=batch, max_steps=warmup + steps, learning_rate=2e-5,
+        warmup_ratio=0.0, bf16=precision == "bf16", fp16=False, use_cpu=True, report_to="none",
+        save_strategy="no", logging_strategy="no", dataloader_drop_last=True, seed=0)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                                         loss=MultipleNegativesRankingLoss(model, scale=20.0), callbacks=[Timer()])
+    trainer.train()
+    # step time = from one step's begin to the next step's begin (includes data collation, as ours does)
+    begins = [t for kind, t in stamps if kind == "begin"]
+    ends = [t for kind, t in stamps if kind == "end"]
+    spans = [ends[i] - begins[i] for i in range(warmup, len(ends))]
+    return sum(spans) / len(spans)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "beir" / "scifact"))
+    p.add_argument("--negatives", default=str(REPO / "outputs" / "negatives" / "scifact.train.minilm.top200.jsonl"))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--ours_precision", default="fp32")
+    p.add_argument("--st_precisions", nargs="+", default=["fp32"])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--output", default="", help="write the results as JSON here")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    data, negf = Path(a.data), Path(a.negatives)
+    rows, ds = triples(data, negf, a.batch * (a.steps + a.warmup))
+    results: dict[str, list[float]] = {f"dretriever-star-{a.ours_precision}": []}
+    results.update({f"st-trainer-mnrl-{sp}": [] for sp in a.st_precisions})
+    for run in range(a.runs):
+        s = bench_ours(rows, ds, a.batch, a.steps, a.warmup, a.ours_precision, data, negf)
+        results[f"dretriever-star-{a.ours_precision}"].append(a.batch / s)
+        print(f"run {run}: dretriever STAR ({a.ours_precision}) {a.batch / s:.3f} pairs/s", flush=True)
+        for sp in a.st_precisions:
+            s = bench_st(rows, ds, a.batch, a.steps, a.warmup, sp)
+            results[f"st-trainer-mnrl-{sp}"].append(a.batch / s)
+            print(f"run {run}: sentence-transformers trainer MNRL ({sp}) {a.batch / s:.3f} pairs/s", flush=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    best_st = max(v for k, v in med.items() if k.startswith("st-"))
+    ours = med[f"dretriever-star-{a.ours_precision}"]
+    print("\nmedian pairs/s (batch %d, max length 256, 1 negative, %d timed steps x %d runs, torch threads %d):"
+          % (a.batch, a.steps, a.runs, torch.get_num_threads()))
+    for k, v in med.items():
+        print(f"  {k:32s} {v:.3f}")
+    print(f"  speed-up over the faster sentence-transformers setting: {ours / best_st:.2f}x")
+    if a.output:
+        Path(a.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.output).write_text(json.dumps({"runs": results, "median": med, "speedup": ours / best_st,
+                                              "args": vars(a)}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

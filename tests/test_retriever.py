@@ -1,0 +1,118 @@
+"""Retriever API: exact merge across shards (against one flat index), hits with text, BM25 and hybrid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dretriever.errors import DretrieverError
+from dretriever.index.chunking import ChunkConfig, Chunker
+from dretriever.index.datastore import BM25_DIR, DatastoreArgs, build_datastore, shard_of
+from dretriever.search.bm25 import BM25Searcher
+from dretriever.search.fusion import fuse
+from dretriever.search.retriever import Retriever
+
+CHUNKS = dict(chunking="words", chunk_size=32, chunk_overlap=8)
+
+
+@pytest.fixture(scope="module")
+def corpus(scifact_small, tmp_path_factory) -> Path:
+    lines = (scifact_small / "corpus.jsonl").read_text().splitlines(keepends=True)[:150]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    path.write_text("".join(lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def queries(scifact_small) -> list[str]:
+    return [json.loads(line)["text"] for line in (scifact_small / "queries.jsonl").open()][:25]
+
+
+@pytest.fixture(scope="module")
+def datastores(corpus, tiny_model, tmp_path_factory) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("datastores")
+    out = {}
+    for shards in (1, 4):
+        out[shards] = root / f"s{shards}"
+        build_datastore(DatastoreArgs(sources=[str(corpus)], output=str(out[shards]), model=str(tiny_model),
+                                      shards=shards, bm25=shards == 4, progress=False, **CHUNKS))
+    return out
+
+
+@pytest.fixture(scope="module")
+def r4(datastores) -> Retriever:
+    return Retriever.load(datastores[4])
+
+
+def test_many_shards_merge_exactly_as_one_flat_index(datastores, r4, queries):
+    r1 = Retriever.load(datastores[1])
+    assert len(r4.index.shards) == 4 and len(r1.index.shards) == 1 and len(r4.index) == len(r1.index)
+    for k in (1, 10, 200):
+        many, one = r4.batch_search(queries, k), r1.batch_search(queries, k)
+        for a, b in zip(many, one):
+            assert [h.id for h in a] == [h.id for h in b]
+            np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=0, atol=1e-6)
+    # and both equal brute force over the single index's vectors
+    flat = r1.index.shards[0]
+    vectors = flat.index.reconstruct_n(0, flat.index.ntotal)
+    qv = r1.dense.encode(queries)
+    best = np.argsort(-(qv @ vectors.T), axis=1, kind="stable")[:, :10]
+    assert [[h.id for h in row] for row in r1.batch_search(queries, 10)] == \
+           [[flat.docids[i] for i in row] for row in best]
+
+
+def test_hits_carry_passage_text_metadata_and_shard(r4, corpus, queries):
+    docs = {d["_id"]: d for d in map(json.loads, corpus.open())}
+    chunker = Chunker(ChunkConfig(**CHUNKS))
+    hits = r4.search(queries[0], k=20)
+    assert len(hits) == 20 and all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    for h in hits:
+        doc_id, chunk = h.id.rsplit("#", 1)
+        assert h.doc_id == doc_id == h.metadata["doc_id"] and h.metadata["chunk"] == int(chunk)
+        assert h.text == chunker.split(docs[doc_id]["text"])[int(chunk)]
+        assert h.title == docs[doc_id]["title"]
+        assert h.shard == shard_of(doc_id, 4)
+    assert r4.search(queries[0], k=5) == hits[:5]
+    bare = r4.batch_search(queries[:2], k=5, with_text=False)
+    assert [[h.id for h in row] for row in bare] == [[h.id for h in row] for row in r4.batch_search(queries[:2], 5)]
+    assert all(h.text == "" for row in bare for h in row)
+
+
+def test_bm25_mode_matches_lucene_and_fetches_text(r4, datastores, queries):
+    direct = BM25Searcher(datastores[4] / BM25_DIR).search({"q": queries[1]}, k=10)["q"]
+    hits = r4.search(queries[1], k=10, mode="bm25")
+    assert [(h.id, round(h.score, 4)) for h in hits] == [(d, round(s, 4)) for d, s in direct]
+    assert all(h.text and h.shard == shard_of(h.doc_id, 4) for h in hits)
+
+
+def test_hybrid_modes_fuse_dense_and_bm25(datastores, r4, queries):
+    q = queries[2]
+    dense = {"q": [(h.id, h.score) for h in r4.search(q, k=100)]}
+    sparse = {"q": [(h.id, h.score) for h in r4.search(q, k=100, mode="bm25")]}
+    hybrid = r4.search(q, k=10, mode="hybrid")
+    assert [(h.id, pytest.approx(h.score)) for h in hybrid] == fuse(dense, sparse, "rrf", k=10)["q"]
+    assert all(h.text for h in hybrid)
+    dense_only = Retriever.load(datastores[4], mode="hybrid", fusion="interpolation", alpha=1.0)
+    assert [h.id for h in dense_only.search(q, k=10)] == [d for d, _ in dense["q"][:10]]
+
+
+def test_run_keeps_the_best_passage_per_document(r4, queries):
+    run = r4.run({"a": queries[3]}, k=50)
+    ids = [d for d, _ in run["a"]]
+    hits = r4.search(queries[3], k=50)
+    assert len(ids) == len(set(ids)) < len(hits)
+    assert ids == list(dict.fromkeys(h.doc_id for h in hits))
+
+
+def test_bad_calls_name_the_field(datastores, r4):
+    with pytest.raises(DretrieverError, match=r"queries\[0\]"):
+        r4.search("  ", k=3)
+    with pytest.raises(DretrieverError, match="k: expected a positive integer"):
+        r4.search("cells", k=0)
+    with pytest.raises(DretrieverError, match="mode"):
+        r4.search("cells", k=3, mode="sparse")
+    with pytest.raises(DretrieverError, match="mode: 'bm25' needs a BM25 index"):
+        Retriever.load(datastores[1]).search("cells", k=3, mode="bm25")
