@@ -5,6 +5,6 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
-export BEIR_DATA="${BEIR_DATA:-$root/../shared/beir}"
+export BEIR_DATA="${BEIR_DATA:-../shared/beir}"
 .venv/bin/dretriever eval beir --data "$BEIR_DATA/scifact" --model sentence-transformers/all-MiniLM-L6-v2 \
   --systems bm25 dense hybrid --shards 4 --output_dir eval/reports/scifact-zero-shot "$@"

@@ -4,5 +4,5 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
-export BEIR_DATA="${BEIR_DATA:-$root/../shared/beir}"
+export BEIR_DATA="${BEIR_DATA:-../shared/beir}"
 .venv/bin/dretriever regress --max_cost minutes "$@"

@@ -56,10 +56,9 @@ def bar_chart(rows: list[dict], metric: str, path: Path, title: str) -> None:
     ax.set_ylabel(LABELS.get(metric, metric))
     ax.set_ylim(0, 1)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
 

@@ -7,7 +7,6 @@ requests get a 4xx whose message names the field: 422 for wrong types or values,
 (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``).
 """
 
-from __future__ import annotations
 
 import hmac
 import json

@@ -44,8 +44,12 @@ class TrainArgs:
     grad_cache_chunk: int = field(default=0, metadata={"help": "gradient cache: encode in chunks of this many "
                                                                  "texts (0: off)"})
     untie: bool = field(default=False, metadata={"help": "separate query and document towers"})
-    query_max_length: int | None = None
-    doc_max_length: int | None = None
+    query_max_length: int | None = field(default=None, metadata={"help": "override the model's (saved with it)"})
+    doc_max_length: int | None = field(default=None, metadata={"help": "override the model's (saved with it)"})
+    train_query_max_length: int | None = field(default=None, metadata={"help": "truncation while training only; "
+                                                                              "dev evaluation and the saved model "
+                                                                              "keep the model's length"})
+    train_doc_max_length: int | None = field(default=None, metadata={"help": "likewise for documents"})
     seed: int = 42
     # checkpoints, logging, evaluation
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N optimizer steps (0: each epoch end)"})
@@ -55,6 +59,7 @@ class TrainArgs:
     log_file: str = field(default="", metadata={"help": "JSONL log (default output_dir/log.jsonl)"})
     progress: bool = True
     eval_steps: int = field(default=0, metadata={"help": "dev evaluation every N steps (0: each epoch end)"})
+    eval_at_start: bool = field(default=True, metadata={"help": "evaluate the starting model on dev first"})
     dev_queries: int = field(default=0, metadata={"help": "train queries carved off as the dev split (0: none)"})
     dev_corpus: int = field(default=2000, metadata={"help": "documents in the dev corpus (0: the whole corpus)"})
     dev_negatives: str = field(default="", metadata={"help": "mined negatives whose top dev_candidates per dev "
@@ -91,7 +96,7 @@ class TrainArgs:
             bad("precision", f"expected one of {PRECISIONS}, got {self.precision!r}")
         if self.scheduler not in SCHEDULERS:
             bad("scheduler", f"expected one of {SCHEDULERS}, got {self.scheduler!r}")
-        for name in ("query_max_length", "doc_max_length"):
+        for name in ("query_max_length", "doc_max_length", "train_query_max_length", "train_doc_max_length"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 bad(name, f"must be positive, got {v}")

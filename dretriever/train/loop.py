@@ -15,6 +15,7 @@ commands; ``training_curve.png`` plots the log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -136,6 +137,18 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
     set_seed(args.seed)
 
     encoder = load_encoder(args)
+    saved_lengths = (encoder.config.query_max_length, encoder.config.doc_max_length)
+    train_lengths = (args.train_query_max_length or saved_lengths[0], args.train_doc_max_length or saved_lengths[1])
+
+    @contextlib.contextmanager
+    def model_lengths():  # dev evaluation and saving see the model's own lengths, training its own
+        encoder.config.query_max_length, encoder.config.doc_max_length = saved_lengths
+        try:
+            yield
+        finally:
+            encoder.config.query_max_length, encoder.config.doc_max_length = train_lengths
+
+    encoder.config.query_max_length, encoder.config.doc_max_length = train_lengths
     encoder.to(device)
     encoder.train()
     method.setup(encoder, accelerator)
@@ -198,13 +211,15 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
         metrics = None
         if evaluator is not None:
             t = time.time()
-            metrics = evaluator(encoder)
+            with model_lengths():
+                metrics = evaluator(encoder)
             metrics.update(step=state["step"], epoch=state["epoch"], eval_s=round(time.time() - t, 1))
             logger.write(metrics)
             log.info("dev at step %d: %s", state["step"], {k: v for k, v in metrics.items() if k.startswith("dev")})
             if state["best"] is None or metrics["dev_ndcg@10"] > state["best"]:
                 state["best"], state["best_step"] = metrics["dev_ndcg@10"], state["step"]
-                _save_encoder(encoder, out / "best")
+                with model_lengths():
+                    _save_encoder(encoder, out / "best")
                 write_json_atomic(out / "best" / "dev_metrics.json", metrics)
         accelerator.wait_for_everyone()
         return metrics
@@ -234,7 +249,7 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
-    if resumed is None and args.dev_queries:  # the starting model's dev score, for reference
+    if resumed is None and args.dev_queries and args.eval_at_start:  # the starting model's dev score, for reference
         evaluate()
 
     bar = tqdm(total=total, initial=state["step"], disable=not (main and args.progress), desc=f"train {args.method}",
@@ -326,7 +341,8 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
     result = {"steps": state["step"], "best": None, "final": str(out / "final"), "best_dev_ndcg@10": state["best"],
               "best_step": state["best_step"]}
     if main:
-        _save_encoder(encoder, out / "final")
+        with model_lengths():
+            _save_encoder(encoder, out / "final")
         if state["best"] is not None:
             result["best"] = str(out / "best")
         result["wall_s"] = round(time.time() - t_start, 1)

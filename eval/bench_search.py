@@ -1,0 +1,262 @@
+"""Search benchmark: the Retriever API against Pyserini on SciFact, and Flat/HNSW/IVF-PQ on synthetic vectors.
+
+Part ``scifact`` (one run, medians of ``--repeats`` timings, same machine and process):
+  the API's ``batch_search`` over the 300 test queries at k=1000 *including query encoding*, against
+  Pyserini's ``FaissSearcher.batch_search`` over the same vectors (the shards merged into one Pyserini
+  index directory) with its ``AutoQueryEncoder``; whether both return the same results; and the
+  search-only rate with precomputed query vectors.
+
+Part ``synthetic``: clustered unit vectors (``--centers`` Gaussian clusters around random unit centres,
+noise ``--noise``) in ``--shards`` shards, indexes trained once on a sample across shards; for each
+factory and search parameter: queries/s of the sharded exact-merge search (k=10), recall@10 against
+exact (Flat) search, and index memory (serialized bytes). Recall against queries/s goes to a PNG.
+
+    nice -n 10 python eval/bench_search.py --part scifact --index /tmp/indexes/scifact.all-MiniLM-L6-v2.Flat.s4
+    nice -n 10 python eval/bench_search.py --part synthetic --sizes 100000 1000000
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from dretriever import pyserini_env
+from dretriever.cli import parse
+from dretriever.data.beir import load_beir
+from dretriever.errors import DretrieverError
+from dretriever.index.atomic import write_json_atomic
+from dretriever.index.sharded import Shard, ShardedIndex
+from dretriever.models import resolve_model
+from dretriever.search.retriever import Retriever
+
+# factory -> (search parameter, values swept); IVF-PQ uses 4-bit fast-scan PQ codes re-ranked exactly
+FACTORIES = {
+    "Flat": (None, [None]),
+    "HNSW32": ("efSearch", [16, 32, 64, 128]),
+    "IVF1024,PQ48x4fs,RFlat": ("nprobe", [4, 8, 16, 32]),
+}
+
+
+@dataclass
+class BenchArgs:
+    part: str = field(default="scifact", metadata={"help": "scifact | synthetic"})
+    index: str = "/tmp/indexes/scifact.all-MiniLM-L6-v2.Flat.s4"
+    data: str = field(default_factory=lambda: os.path.join(os.environ.get("BEIR_DATA", "../shared/beir"), "scifact"))
+    k: int = 1000
+    repeats: int = 3
+    threads: int = 2
+    sizes: list[int] = field(default_factory=lambda: [100_000, 1_000_000])
+    dim: int = 384
+    shards: int = 8
+    queries: int = 1000
+    centers: int = 2000
+    noise: float = 0.8
+    train_sample: int = 65_536
+    hnsw_ef_construction: int = 40
+    k_factor: int = 4
+    factories: list[str] = field(default_factory=lambda: list(FACTORIES))
+    output_dir: str = "eval/reports/search"
+    seed: int = 0
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} (faiss {faiss.__version__})"
+
+
+def timed(fn, repeats: int):
+    """(median seconds, last result) over ``repeats`` calls."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times, result
+
+
+# ---------------------------------------------------------------- part a: SciFact
+def merged_pyserini_dir(index: ShardedIndex, out: Path) -> Path:
+    """One Pyserini FAISS directory (``index`` + ``docid``) holding every shard's vectors in shard order."""
+    flat = faiss.IndexFlatIP(index.dim)
+    for shard in index.shards:
+        if not isinstance(shard.index, faiss.IndexFlat):
+            raise DretrieverError(f"{shard.dir}: the Pyserini comparison needs a Flat index")
+        flat.add(shard.index.reconstruct_n(0, shard.index.ntotal))
+    faiss.write_index(flat, str(out / "index"))
+    (out / "docid").write_text("".join(d + "\n" for s in index.shards for d in s.docids))
+    return out
+
+
+def bench_scifact(args: BenchArgs) -> dict:
+    ds = load_beir(args.data, split="test")
+    qids = list(ds.queries)
+    texts = [ds.queries[q] for q in qids]
+    retriever = Retriever.load(args.index)
+    enc = retriever.index.manifest["encoder"]
+    faiss.omp_set_num_threads(args.threads)
+    retriever.batch_search(texts[:8], 10)  # warm-up
+    api_s, api_all, api = timed(lambda: retriever.batch_search(texts, args.k, with_text=False), args.repeats)
+    text_s, text_all, _ = timed(lambda: retriever.batch_search(texts, args.k), args.repeats)
+    qvecs = retriever.dense.encode(texts)
+    only_s, only_all, _ = timed(lambda: retriever.index.search(qvecs, args.k), args.repeats)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        merged_pyserini_dir(retriever.index, Path(tmp))
+        encoder = pyserini_env.auto_query_encoder(resolve_model(enc["model"]), pooling=enc["pooling"],
+                                                  l2_norm=enc["normalize"], prefix=enc["query_prefix"] or None)
+        searcher = pyserini_env.faiss_searcher(tmp, encoder)
+        searcher.batch_search(texts[:8], qids[:8], k=10, threads=args.threads)  # warm-up
+        pys_s, pys_all, pys = timed(lambda: searcher.batch_search(texts, qids, k=args.k, threads=args.threads),
+                                    args.repeats)
+    faiss.omp_set_num_threads(args.threads)
+
+    same10 = sum([h.id for h in row[:10]] == [h.docid for h in pys[q][:10]] for q, row in zip(qids, api))
+    overlap = statistics.mean(len({h.id for h in row} & {h.docid for h in pys[q]}) / args.k for q, row in zip(qids, api))
+    max_diff = max(abs(a.score - b.score) for q, row in zip(qids, api) for a, b in zip(row[:10], pys[q][:10]))
+    n = len(texts)
+    return {
+        "index": args.index, "queries": n, "k": args.k, "repeats": args.repeats, "threads": args.threads,
+        "api_qps": n / api_s, "api_with_text_qps": n / text_s, "search_only_qps": n / only_s,
+        "pyserini_qps": n / pys_s, "speedup_vs_pyserini": pys_s / api_s,
+        "seconds": {"api": api_all, "api_with_text": text_all, "search_only": only_all, "pyserini": pys_all},
+        "same_top10_queries": same10, "mean_top1000_overlap": overlap, "max_top10_score_diff": max_diff,
+    }
+
+
+# ---------------------------------------------------------------- part b: synthetic vectors
+def clustered(rng: np.random.Generator, centers: np.ndarray, n: int, noise: float, block: int = 100_000):
+    """``n`` unit vectors, each a random centre plus Gaussian noise of norm ~``noise``."""
+    d = centers.shape[1]
+    out = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        x = centers[rng.integers(0, len(centers), m)] + rng.standard_normal((m, d), dtype=np.float32) * (noise / d ** .5)
+        out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def sharded(indexes: list[faiss.Index], dim: int) -> ShardedIndex:
+    return ShardedIndex(Path("."), {"encoder": {"dim": dim}}, [Shard(Path("."), i, [], None) for i in indexes])
+
+
+def build_shards(factory: str, data: np.ndarray, args: BenchArgs, rng: np.random.Generator) -> tuple[list, float]:
+    start = time.perf_counter()
+    template = faiss.index_factory(args.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if "HNSW" in factory:
+        faiss.downcast_index(template).hnsw.efConstruction = args.hnsw_ef_construction
+    if not template.is_trained:
+        template.train(data[rng.choice(len(data), min(args.train_sample, len(data)), replace=False)])
+    bounds = np.linspace(0, len(data), args.shards + 1).astype(int)
+    shards = []
+    for i in range(args.shards):
+        idx = faiss.clone_index(template)
+        idx.add(data[bounds[i]:bounds[i + 1]])
+        shards.append(idx)
+    return shards, time.perf_counter() - start
+
+
+def recall_at(found: list[list[tuple[int, int]]], truth: list[list[tuple[int, int]]], k: int = 10) -> float:
+    return statistics.mean(len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth))
+
+
+def bench_synthetic(args: BenchArgs) -> list[dict]:
+    rows = []
+    for size in args.sizes:
+        rng = np.random.default_rng(args.seed)
+        centers = rng.standard_normal((args.centers, args.dim), dtype=np.float32)
+        centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+        data = clustered(rng, centers, size, args.noise)
+        queries = clustered(rng, centers, args.queries, args.noise)
+        truth = None
+        flat_qps = None
+        for factory in args.factories:
+            param, values = FACTORIES.get(factory, (None, [None]))
+            print(f"[{size}] building {factory} in {args.shards} shards", flush=True)
+            shards, build_s = build_shards(factory, data, args, rng)
+            index = sharded(shards, args.dim)
+            memory = sum(faiss.serialize_index(s).nbytes for s in shards)
+            for value in values:
+                if param == "nprobe":
+                    index.set_search_params(nprobe=value, k_factor_rf=args.k_factor)
+                elif param:
+                    index.set_search_params(**{param: value})
+                index.search(queries[:10], 10)  # warm-up
+                secs, all_s, (_, hits) = timed(lambda: index.search(queries, 10), args.repeats)
+                if truth is None:
+                    if factory != "Flat":
+                        raise DretrieverError("factories: put Flat first (it gives the exact neighbours)")
+                    truth, flat_qps = hits, len(queries) / secs
+                row = {"vectors": size, "dim": args.dim, "shards": args.shards, "factory": factory,
+                       "param": f"{param}={value}" if param else "", "qps": len(queries) / secs,
+                       "speedup_vs_flat": len(queries) / secs / flat_qps, "recall@10": recall_at(hits, truth),
+                       "memory_bytes": memory, "build_s": build_s, "seconds": all_s}
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "seconds"}), flush=True)
+            del shards, index
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["vectors"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for factory in dict.fromkeys(r["factory"] for r in rows):
+            pts = [r for r in rows if r["vectors"] == size and r["factory"] == factory]
+            ax.plot([r["qps"] for r in pts], [r["recall@10"] for r in pts], "o-", label=factory)
+            for r in pts:
+                if r["param"]:
+                    ax.annotate(r["param"].split("=")[1], (r["qps"], r["recall@10"]), fontsize=7)
+        ax.axhline(0.95, color="grey", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("queries/s (k=10, all shards, exact merge)")
+        ax.set_ylabel("recall@10 vs exact")
+        ax.set_title(f"{size:,} x {rows[0]['dim']} vectors, {rows[0]['shards']} shards")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv) -> int:
+    args = parse(BenchArgs, argv)
+    faiss.omp_set_num_threads(args.threads)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": machine(), "command": "python eval/bench_search.py " + " ".join(argv), "args": asdict(args),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if args.part == "scifact":
+        result = bench_scifact(args)
+        write_json_atomic(out / "bench_search_scifact.json", {**meta, **result})
+        print(json.dumps({k: v for k, v in result.items() if k != "seconds"}, indent=1))
+    elif args.part == "synthetic":
+        rows = bench_synthetic(args)
+        tag = "_".join(str(s) for s in args.sizes)
+        write_json_atomic(out / f"bench_search_synthetic_{tag}.json", {**meta, "rows": rows})
+        plot(rows, out / f"bench_search_synthetic_{tag}.png")
+        print(f"wrote {out}/bench_search_synthetic_{tag}.json and .png")
+    else:
+        raise DretrieverError(f"part: expected scifact or synthetic, got {args.part!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except DretrieverError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
