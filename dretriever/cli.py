@@ -21,6 +21,7 @@ COMMANDS = {
     "regress": ("dretriever.commands.regress", "rerun eval/regressions.yaml entries and fail on a miss"),
     "train": ("dretriever.commands.train", "train a retriever from a recipe (contriever, star, adore, tas-balanced)"),
     "mine": ("dretriever.commands.mine", "mine static hard negatives from an index"),
+    "adore index": ("dretriever.commands.adore_index", "index an ADORE model by reusing its starting index"),
     "teacher": ("dretriever.commands.teacher", "write teacher scores (bi-encoder, BM25, fusion, cross-encoder)"),
     "datastore build": ("dretriever.commands.datastore_build", "raw text -> passages -> sharded index"),
     "serve": ("dretriever.commands.serve", "serve an index over HTTP (FastAPI + uvicorn)"),

@@ -72,18 +72,11 @@ def build_lucene_index(input_dir: str, index_dir: str, threads: int = 2) -> None
     import sys
 
     prepare()
-    args = [
-        sys.executable, "-m", "pyserini.index.lucene",
-        "--collection", "JsonCollection",
-        "--input", str(input_dir),
-        "--index", str(index_dir),
-        "--generator", "DefaultLuceneDocumentGenerator",
-        "--threads", str(threads),
-        "--storeRaw",
-    ]
-    # A child process, so that Anserini's System.exit cannot end ours; the child inherits the
-    # environment set above but not the jnius patch, hence the bootstrap module.
-    bootstrap = [sys.executable, "-m", "dretriever.pyserini_env", *args[3:]]
+    options = ["--collection", "JsonCollection", "--input", str(input_dir), "--index", str(index_dir),
+               "--generator", "DefaultLuceneDocumentGenerator", "--threads", str(threads), "--storeRaw"]
+    # A child process, so that Anserini's System.exit cannot end ours; it runs pyserini.index.lucene
+    # through this module's __main__, which applies the same shims first.
+    bootstrap = [sys.executable, "-m", "dretriever.pyserini_env", *options]
     done = subprocess.run(bootstrap, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"Lucene indexing of {input_dir} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")

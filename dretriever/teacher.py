@@ -204,8 +204,7 @@ class CrossEncoderScorer:
 
         from .models import resolve_model
 
-        self.model = CrossEncoder(resolve_model(args.cross_encoder), device="cpu" if not torch.cuda.is_available()
-                                  else None, activation_fn=torch.nn.Identity())
+        self.model = CrossEncoder(resolve_model(args.cross_encoder), activation_fn=torch.nn.Identity())
         self.first_stage, self.corpus = first_stage, ds.corpus
         self.batch_size, self.progress = args.batch_size, args.progress
 

@@ -43,7 +43,7 @@ from dretriever.search.retriever import Retriever
 FACTORIES = {
     "Flat": (None, [None]),
     "HNSW32": ("efSearch", [16, 32, 64, 128]),
-    "IVF1024,PQ48x4fs,RFlat": ("nprobe", [4, 8, 16, 32]),
+    "IVF1024,PQ48x4fs,RFlat": ("nprobe", [4, 8, 16, 32, 64]),
 }
 
 
@@ -63,7 +63,7 @@ class BenchArgs:
     noise: float = 0.8
     train_sample: int = 65_536
     hnsw_ef_construction: int = 40
-    k_factor: int = 4
+    k_factor: int = 16
     factories: list[str] = field(default_factory=lambda: list(FACTORIES))
     output_dir: str = "eval/reports/search"
     seed: int = 0
@@ -123,7 +123,7 @@ def bench_scifact(args: BenchArgs) -> dict:
 
     same10 = sum([h.id for h in row[:10]] == [h.docid for h in pys[q][:10]] for q, row in zip(qids, api))
     overlap = statistics.mean(len({h.id for h in row} & {h.docid for h in pys[q]}) / args.k for q, row in zip(qids, api))
-    max_diff = max(abs(a.score - b.score) for q, row in zip(qids, api) for a, b in zip(row[:10], pys[q][:10]))
+    max_diff = float(max(abs(a.score - float(b.score)) for q, row in zip(qids, api) for a, b in zip(row[:10], pys[q][:10])))
     n = len(texts)
     return {
         "index": args.index, "queries": n, "k": args.k, "repeats": args.repeats, "threads": args.threads,
@@ -170,7 +170,8 @@ def recall_at(found: list[list[tuple[int, int]]], truth: list[list[tuple[int, in
     return statistics.mean(len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth))
 
 
-def bench_synthetic(args: BenchArgs) -> list[dict]:
+def bench_synthetic(args: BenchArgs, save=lambda rows: None) -> list[dict]:
+    """Rows per (size, factory, parameter); ``save(rows)`` after each factory, so a long run keeps its results."""
     rows = []
     for size in args.sizes:
         rng = np.random.default_rng(args.seed)
@@ -203,6 +204,7 @@ def bench_synthetic(args: BenchArgs) -> list[dict]:
                        "memory_bytes": memory, "build_s": build_s, "seconds": all_s}
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "seconds"}), flush=True)
+            save(rows)
             del shards, index
     return rows
 
@@ -230,6 +232,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv) -> int:
@@ -244,10 +247,13 @@ def main(argv) -> int:
         write_json_atomic(out / "bench_search_scifact.json", {**meta, **result})
         print(json.dumps({k: v for k, v in result.items() if k != "seconds"}, indent=1))
     elif args.part == "synthetic":
-        rows = bench_synthetic(args)
         tag = "_".join(str(s) for s in args.sizes)
-        write_json_atomic(out / f"bench_search_synthetic_{tag}.json", {**meta, "rows": rows})
-        plot(rows, out / f"bench_search_synthetic_{tag}.png")
+
+        def save(rows):
+            write_json_atomic(out / f"bench_search_synthetic_{tag}.json", {**meta, "rows": rows})
+            plot(rows, out / f"bench_search_synthetic_{tag}.png")
+
+        bench_synthetic(args, save)
         print(f"wrote {out}/bench_search_synthetic_{tag}.json and .png")
     else:
         raise DretrieverError(f"part: expected scifact or synthetic, got {args.part!r}")

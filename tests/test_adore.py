@@ -107,3 +107,24 @@ def test_train_command_improves_training_ranking_and_keeps_documents(toy, toy_in
     assert not np.allclose(trained.encode_queries(text, precision="fp32"),
                            start.encode_queries(text, precision="fp32"), atol=1e-4)
     assert (out / "training_curve.png").is_file()
+
+    # `dretriever adore index` reuses the starting index; it equals an index built by encoding with the model
+    reused, built = tmp_path / "reused", tmp_path / "built"
+    assert main(["adore", "index", "--index", str(toy_index), "--model", str(out / "final"),
+                 "--output", str(reused)]) == 0
+    assert main(["index", "build", "--corpus", str(toy), "--output", str(built), "--model", str(out / "final"),
+                 "--shards", "2", "--precision", "fp32"]) == 0
+    a, b = ShardedIndex.open(reused), ShardedIndex.open(built)
+    assert a.manifest["encoder"] == b.manifest["encoder"]
+    for sa, sb in zip(a.shards, b.shards):
+        assert sa.docids == sb.docids
+        np.testing.assert_allclose(sa.index.reconstruct_n(0, sa.index.ntotal), sb.index.reconstruct_n(0, sb.index.ntotal),
+                                   atol=1e-6)
+    from dretriever.search.dense import DenseSearcher
+
+    run = DenseSearcher.load(reused, model=str(out / "final"), precision="fp32").search({"q": "protein cell"}, k=3)
+    assert len(run["q"]) == 3
+    assert main(["adore", "index", "--index", str(toy_index), "--model", str(out / "final"),
+                 "--output", str(reused)]) == 2  # never overwrites
+    assert main(["adore", "index", "--index", str(toy_index), "--model", str(make_tiny_bert(tmp_path / "o2", seed=2)),
+                 "--output", str(tmp_path / "x")]) == 2  # a model whose document tower is not the indexed one

@@ -116,3 +116,14 @@ def test_bad_calls_name_the_field(datastores, r4):
         r4.search("cells", k=3, mode="sparse")
     with pytest.raises(DretrieverError, match="mode: 'bm25' needs a BM25 index"):
         Retriever.load(datastores[1]).search("cells", k=3, mode="bm25")
+
+
+def test_langchain_adapter_returns_documents_with_text_and_metadata(r4, queries):
+    pytest.importorskip("langchain_core", reason="the [langchain] extra is not installed")
+    from dretriever.search.langchain import DretrieverRetriever
+
+    docs = DretrieverRetriever(retriever=r4, k=3).invoke(queries[4])
+    hits = r4.search(queries[4], 3)
+    assert [d.page_content for d in docs] == [h.text for h in hits]
+    assert [(d.metadata["id"], d.metadata["score"], d.metadata["shard"]) for d in docs] == \
+           [(h.id, h.score, h.shard) for h in hits]

@@ -7,7 +7,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
 from dretriever.cli import main
 from dretriever.encoder import BiEncoder
@@ -167,10 +166,10 @@ def test_train_command_distils_the_teacher(toy, dense_teacher, tmp_path):
     out = tmp_path / "run"
     recipe = write_recipe(tmp_path / "tas.yaml", method="tas-balanced", model=str(student), output_dir=str(out),
                           data=str(toy), teacher=str(teacher), n_clusters=4, negative_depth=10, student_scale=1.0,
-                          batch_size=8, epochs=6, lr=2e-3, warmup=0.0, precision="fp32", progress=False)
+                          batch_size=8, epochs=3, lr=2e-3, warmup=0.0, precision="fp32", progress=False)
     assert main(["train", str(recipe)]) == 0
     rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if "loss" in l]
-    assert len(rows) >= 6 * 4
+    assert len(rows) >= 3 * 4
     early, late = np.mean([r["pair_loss"] for r in rows[:5]]), np.mean([r["pair_loss"] for r in rows[-5:]])
     assert late < early, (early, late)
     assert BiEncoder.from_pretrained(out / "final").tied

@@ -66,6 +66,20 @@ def test_checkpoint_contents_and_limit(toy, tiny_model, tmp_path):
     assert state["step"] == 4
 
 
+def test_stop_after_steps_keeps_the_schedule(toy, tiny_model, tmp_path):
+    from dretriever.cli import main
+
+    out = tmp_path / "stop"
+    recipe = write_recipe(tmp_path / "r.yaml", method="star", model=str(tiny_model), data=str(toy),
+                          negatives=str(toy / "neg.jsonl"), neg_depth=10, batch_size=8, max_steps=4, warmup=0.0,
+                          stop_after_steps=2, lr=1e-3, precision="fp32", output_dir=str(out), progress=False)
+    assert main(["train", str(recipe)]) == 0
+    rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[-1]["lr"] == pytest.approx(1e-3 * 2 / 4)  # linear decay over 4 steps, not 2
+    assert (out / "final" / "config.json").is_file() and (out / "checkpoints" / "step-0000002").is_dir()
+
+
 def test_grad_cache_matches_plain_gradients(toy, tiny_model, tmp_path):
     from dretriever.encoder import BiEncoder
     from dretriever.train.config import TrainArgs

@@ -16,6 +16,6 @@ def main(argv) -> int:
 
     method = method_cls(method_args, train_args)
     result = train(train_args, method, command=command_line())
-    if result.get("final"):
+    if result.get("wall_s") is not None:  # the main process
         print(f"final model: {result['final']}" + (f"   best on dev: {result['best']}" if result.get("best") else ""))
     return 0

@@ -19,7 +19,8 @@ from ..encoder import BiEncoder
 from ..errors import DretrieverError
 from ..index.build import build_index, corpus_source
 from ..search.bm25 import BM25Searcher, build_bm25_index
-from ..search.dense import DenseSearcher
+from ..index.sharded import ShardedIndex
+from ..search.dense import DenseSearcher, check_encoder
 from ..search.fusion import fuse
 from ..search.types import Run, remove_query_ids, write_trec_run
 from .metrics import METRICS, score_run, write_trec_qrels
@@ -72,8 +73,9 @@ def dense_run(args: EvalArgs, ds: BeirDataset) -> Run:
     source = corpus_source(ds.corpus, args.shards, {"path": str(ds.path.resolve() / "corpus.jsonl")})
     build_index(source, encoder, root, model=args.model, factory=args.factory,
                 batch_size=args.batch_size, precision=args.precision)
-    searcher = DenseSearcher.load(root, model=args.model, precision=args.precision)
-    return searcher.search(ds.queries, k=args.k)
+    index = ShardedIndex.open(root)
+    check_encoder(index.manifest, encoder, root)
+    return DenseSearcher(index, encoder, precision=args.precision).search(ds.queries, k=args.k)
 
 
 def bm25_run(args: EvalArgs, ds: BeirDataset) -> Run:

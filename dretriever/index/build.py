@@ -110,6 +110,7 @@ def build_index(source: ShardedSource, encoder: BiEncoder, out: str | Path, mode
     """Encode ``source`` into ``out``; resumes a partial build with identical settings. Returns the manifest."""
     out = Path(out)
     dist = _Dist()
+    encoder.to(dist.state.device)
     info = encoder_info(encoder, model)
     if dist.rank == 0:
         _prepare(out, info, factory, source, overwrite)

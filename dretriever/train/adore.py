@@ -17,6 +17,8 @@ while the document side never changes, so no re-indexing is needed during or aft
 Saving: the encoder is untied at setup (the document tower becomes a frozen copy of the starting model),
 so the saved model is a query encoder plus the unchanged document encoder; indexing with it reproduces
 the starting index, and ``dretriever eval beir --model <saved>`` evaluates it as it was trained.
+``dretriever adore index`` (:func:`reuse_index`) makes that index from the starting one without
+encoding anything (after checking the document tower's fingerprint).
 
 Differences from DRhard's ``adore/train.py``: AdamW (not LAMB), a temperature on the scores (our
 encoders L2-normalise; DRhard's RoBERTa scores are raw inner products) and a choice of discount.
@@ -25,8 +27,10 @@ encoders L2-normalise; DRhard's RoBERTa scores are raw inner products) and a cho
 from __future__ import annotations
 
 import copy
+import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,21 +65,20 @@ class AdoreArgs:
 
 
 ARGS = AdoreArgs
+DOC_SETTINGS = ("pooling", "normalize", "doc_prefix", "doc_max_length")  # what the fixed vectors depend on
 
 
 def check_index_matches(index: ShardedIndex, encoder: BiEncoder) -> None:
     """The index must hold the starting model's document vectors (same weights, same settings)."""
-    from ..search.dense import SETTINGS
-
     built = index.manifest["encoder"]
     doc_view = encoder if encoder.tied else BiEncoder(encoder.doc_model, encoder.tokenizer, encoder.config)
     if built["fingerprint"] not in {encoder.fingerprint(), doc_view.fingerprint()}:
         raise DretrieverError(f"index: {index.root} was built with other weights ({built['model']}) than the "
                               "starting model; ADORE needs the starting model's document vectors")
     c = encoder.config
-    differ = [k for k in SETTINGS if built[k] != getattr(c, k)]
+    differ = [k for k in DOC_SETTINGS if built[k] != getattr(c, k)]
     if differ:
-        raise DretrieverError(f"index: {index.root} was built with other encoder settings ({', '.join(differ)})")
+        raise DretrieverError(f"index: {index.root} was built with other document settings ({', '.join(differ)})")
 
 
 def doc_vectors(index: ShardedIndex, hits: list[tuple[int, int]]) -> np.ndarray:
@@ -185,3 +188,45 @@ class Adore:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def reuse_index(start_index: str | Path, model: str, out: str | Path) -> dict:
+    """Index an ADORE-trained ``model`` without encoding: its document tower is the starting model, so the
+    starting index's shards are its shards. Checks the document tower's fingerprint and settings, links
+    (or copies) the shard files into ``out`` and writes a manifest naming ``model``. Returns the manifest.
+    """
+    import shutil
+
+    from ..index import manifest as mf
+    from ..index.build import TRAINED, encoder_info
+
+    start = ShardedIndex.open(start_index)
+    encoder = BiEncoder.from_pretrained(model)
+    check_index_matches(start, encoder)
+    out = Path(out)
+    if out.exists():
+        raise DretrieverError(f"{out}: exists; choose another output folder or remove it")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for src in [start.root / e["dir"] for e in start.manifest["shards"]] + (
+            [start.root / TRAINED] if (start.root / TRAINED).is_file() else []):
+        if src.is_dir():
+            shutil.copytree(src, tmp / src.name, copy_function=_link_or_copy)
+        else:
+            tmp.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(src, tmp / src.name)
+    manifest = {**start.manifest, "encoder": encoder_info(encoder, model),
+                "reused_from": {"index": str(start.root.resolve()), "model": start.manifest["encoder"]["model"],
+                                "fingerprint": start.manifest["encoder"]["fingerprint"]}}
+    mf.write_manifest(tmp, manifest)
+    os.replace(tmp, out)
+    return mf.read_manifest(out)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        import shutil
+
+        shutil.copy2(src, dst)

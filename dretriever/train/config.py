@@ -35,6 +35,8 @@ class TrainArgs:
     weight_decay: float = 0.01
     epochs: int = 1
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps; > 0 overrides epochs"})
+    stop_after_steps: int = field(default=0, metadata={"help": "end (evaluate, checkpoint, save) after this many "
+                                                                "steps without changing the schedule (0: off)"})
     batch_size: int = field(default=32, metadata={"help": "queries (or pairs) per process per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     warmup: float = field(default=0.1, metadata={"help": "warm-up: a fraction of all steps if < 1, else steps"})
@@ -84,7 +86,7 @@ class TrainArgs:
         for name in ("batch_size", "grad_accum", "log_steps", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 bad(name, f"must be positive, got {getattr(self, name)}")
-        for name in ("save_steps", "eval_steps", "dev_queries", "dev_corpus", "dev_candidates", "grad_cache_chunk",
+        for name in ("stop_after_steps", "save_steps", "eval_steps", "dev_queries", "dev_corpus", "dev_candidates", "grad_cache_chunk",
                      "save_total_limit"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")

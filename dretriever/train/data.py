@@ -83,9 +83,10 @@ def recall_at_k(ranked: list[str], rels: dict[str, int], k: int = 100) -> float:
 class DevEvaluator:
     """Encode the dev queries and a dev corpus subset; report nDCG@10, R@100 and MRR@10 (in-process, exact).
 
-    The dev corpus holds every judged document of the dev queries, the top ``candidates`` hard candidates per
-    dev query (from a mined-negatives file, when given) and a seeded random sample of the rest, up to
-    ``corpus_size`` documents (0: the whole corpus).
+    The dev corpus holds every judged document of the dev queries and the top ``candidates`` hard candidates
+    per dev query (from a mined-negatives file, when given), then a seeded random sample of the rest fills it
+    up to ``corpus_size`` documents (0: the whole corpus). The first two parts are always kept, so the
+    corpus can exceed ``corpus_size``.
     """
 
     def __init__(self, corpus: dict[str, Document], queries: dict[str, str], qrels: dict[str, dict[str, int]],

@@ -86,3 +86,29 @@ def average_gradients(params) -> None:
             n = g.numel()
             g.copy_(flat[offset:offset + n].view_as(g))
             offset += n
+
+
+class Runtime:
+    """The loop's view of the process group: accelerate's, or a gloo group of its own on CPU.
+
+    ``accelerate launch`` starts several CPU processes only through ``mpirun``; under ``torchrun`` (or any
+    launcher that sets ``WORLD_SIZE``/``RANK``) accelerate 1.x stays single-process on CPU, so the loop
+    joins a gloo group itself and every process gets its real rank.
+    """
+
+    def __init__(self, accelerator):
+        import os
+
+        self.accelerator = accelerator
+        self.device = accelerator.device
+        if accelerator.num_processes == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+            self.num_processes, self.process_index = dist.get_world_size(), dist.get_rank()
+        else:
+            self.num_processes, self.process_index = accelerator.num_processes, accelerator.process_index
+        self.is_main_process = self.process_index == 0
+
+    def wait_for_everyone(self) -> None:
+        if self.num_processes > 1:
+            dist.barrier()

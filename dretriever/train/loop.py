@@ -102,7 +102,7 @@ def plot_curve(log_path: str | Path, png_path: str | Path, title: str = "trainin
         b.plot([r["step"] for r in dev], [r["dev_ndcg@10"] for r in dev], marker="o")
         b.set_xlabel("optimizer step")
         b.set_ylabel("dev nDCG@10")
-        b.set_title(f"{title}: dev nDCG@10 (carved from train)")
+        b.set_title("dev nDCG@10 (dev split carved from train)")
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
@@ -128,7 +128,7 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
     from transformers import get_scheduler
 
     t_start = time.time()
-    accelerator = Accelerator()
+    accelerator = dist_utils.Runtime(Accelerator())
     device, main = accelerator.device, accelerator.is_main_process
     world = accelerator.num_processes
     out = Path(args.output_dir)
@@ -259,14 +259,18 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
     window: list[float] = []
     window_logs: dict[str, list[float]] = {}
     micro = 0
-    done = state["step"] >= total
+    done = state["step"] >= total or bool(args.stop_after_steps and state["step"] >= args.stop_after_steps)
     optimizer.zero_grad(set_to_none=True)
     while not done:
         epoch = state["epoch"]
         batches = first if epoch == 0 and first is not None else method.batches(epoch)
         first = None
         skip = state["batch_in_epoch"]
-        for i, batch in enumerate(batches):
+        if skip and hasattr(batches, "__getitem__") and hasattr(batches, "__len__"):
+            numbered = ((j, batches[j]) for j in range(skip, len(batches)))  # resume without building skipped batches
+        else:
+            numbered = enumerate(batches)
+        for i, batch in numbered:
             if i < skip:
                 continue
             view = CachedEncoder(encoder, args.grad_cache_chunk, amp) if args.grad_cache_chunk else encoder
@@ -317,7 +321,7 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{row['lr']:.2e}")
                 t_last, step_at_last = now, step
                 window, window_logs = [], {}
-            if step >= total:
+            if step >= total or (args.stop_after_steps and step >= args.stop_after_steps):
                 done = True
             end_of_epoch = steps_per_epoch is not None and state["batch_in_epoch"] >= steps_per_epoch * args.grad_accum
             if (args.eval_steps and step % args.eval_steps == 0) or (not args.eval_steps and end_of_epoch) or done:

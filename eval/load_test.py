@@ -1,0 +1,167 @@
+"""Load test of the real server on 127.0.0.1: N concurrent clients for a bounded time and request count.
+
+Starts ``dretriever serve INDEX`` on a free local port with a fresh API key, checks that the 401/413/422
+cases answer as they should, then runs ``--clients`` threads, each sending ``/search`` requests (SciFact
+test queries, round robin) until ``--duration`` seconds or ``--max_requests`` requests in all. Reports
+errors, throughput and latency percentiles (JSON + Markdown) and exits 1 if any request failed.
+
+    nice -n 10 python eval/load_test.py --index indexes/scifact.datastore-flat --clients 16 --duration 30
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from dretriever.cli import parse
+from dretriever.data.beir import load_queries
+from dretriever.errors import DretrieverError
+from dretriever.index.atomic import write_json_atomic, write_text_atomic
+from dretriever.search.server import API_KEY_ENV
+
+
+@dataclass
+class LoadArgs:
+    index: str = field(metadata={"help": "index folder to serve"})
+    queries: str = field(default_factory=lambda: os.path.join(os.environ.get("BEIR_DATA", "../shared/beir"),
+                                                              "scifact", "queries.jsonl"))
+    clients: int = 16
+    duration: float = field(default=30.0, metadata={"help": "seconds of load (at most 600)"})
+    max_requests: int = field(default=50_000, metadata={"help": "stop after this many requests in all"})
+    k: int = 10
+    mode: str = "dense"
+    startup_timeout: float = 300.0
+    output_dir: str = "eval/reports/search"
+
+    def __post_init__(self):
+        if not 0 < self.duration <= 600 or self.max_requests < 1 or self.clients < 1:
+            raise DretrieverError("duration must lie in (0, 600], max_requests and clients must be positive")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: LoadArgs, port: int, key: str) -> subprocess.Popen:
+    env = {**os.environ, API_KEY_ENV: key}
+    proc = subprocess.Popen([sys.executable, "-m", "dretriever", "serve", args.index, "--host", "127.0.0.1",
+                             "--port", str(port), "--mode", args.mode, "--log_level", "warning"], env=env)
+    deadline = time.time() + args.startup_timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise DretrieverError(f"the server exited with status {proc.returncode} before answering")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", headers={"X-API-Key": key}, timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise DretrieverError(f"the server did not answer /health within {args.startup_timeout} s")
+
+
+def check_rejections(url: str, key: str) -> dict:
+    """The status each bad request gets (expected: 401, 422, 422, 422, 413)."""
+    auth = {"X-API-Key": key}
+    cases = {
+        "no_api_key": httpx.post(f"{url}/search", json={"query": "cells"}),
+        "empty_query": httpx.post(f"{url}/search", json={"query": "", "k": 5}, headers=auth),
+        "k_zero": httpx.post(f"{url}/search", json={"query": "cells", "k": 0}, headers=auth),
+        "index_field": httpx.post(f"{url}/search", json={"query": "cells", "index": "/tmp/other"}, headers=auth),
+        "oversize_body": httpx.post(f"{url}/search", json={"query": "x" * (2 << 20)}, headers=auth),
+    }
+    return {name: r.status_code for name, r in cases.items()}
+
+
+def run_load(url: str, key: str, queries: list[str], args: LoadArgs) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    sent = 0
+    deadline = time.perf_counter() + args.duration
+
+    def client(c: int):
+        nonlocal sent
+        with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60) as http:
+            i = c
+            while time.perf_counter() < deadline:
+                with lock:
+                    if sent >= args.max_requests:
+                        return
+                    sent += 1
+                start = time.perf_counter()
+                try:
+                    r = http.post("/search", json={"query": queries[i % len(queries)], "k": args.k})
+                    ok = r.status_code == 200 and len(r.json()["hits"]) == args.k
+                    problem = None if ok else f"status {r.status_code}: {r.text[:200]}"
+                except httpx.HTTPError as e:
+                    problem = f"{type(e).__name__}: {e}"
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+                    if problem:
+                        errors.append(problem)
+                i += args.clients
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {"requests": len(latencies), "errors": len(errors), "error_samples": errors[:5], "wall_s": wall,
+            "throughput_rps": len(latencies) / wall, "latency_ms": {
+                "p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+                "p99": float(np.percentile(ms, 99)), "max": float(ms.max()), "mean": statistics.mean(ms.tolist())}}
+
+
+def main(argv) -> int:
+    args = parse(LoadArgs, argv)
+    queries = list(load_queries(args.queries).values())
+    key, port = secrets.token_hex(16), free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(args, port, key)
+    try:
+        rejections = check_rejections(url, key)
+        result = run_load(url, key, queries, args)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    report = {"command": "python eval/load_test.py " + " ".join(argv), "args": asdict(args),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rejections": rejections, **result}
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "load_test.json", report)
+    lat = result["latency_ms"]
+    write_text_atomic(out / "load_test.md", "\n".join([
+        "# Load test", "", f"`{report['command']}` ({report['date']})", "",
+        f"{args.clients} clients, {result['wall_s']:.1f} s, {result['requests']} requests, "
+        f"**{result['errors']} errors**, {result['throughput_rps']:.1f} requests/s", "",
+        f"latency ms: p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, max {lat['max']:.1f}", "",
+        f"rejections (status): {json.dumps(rejections)}", ""]))
+    print(json.dumps({k: v for k, v in report.items() if k != "args"}, indent=1))
+    expected = {"no_api_key": 401, "empty_query": 422, "k_zero": 422, "index_field": 422, "oversize_body": 413}
+    return 0 if result["errors"] == 0 and rejections == expected else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except DretrieverError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
