@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Idle OpenMP threads sleep instead of spinning: on 2 shared cores, spinning faiss/torch pools slowed
+# k-means and encoding in tests by up to 50x. Set before faiss or torch start their thread pools.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parent.parent
 SCIFACT = Path(os.environ.get("BEIR_DATA", REPO.parent / "shared" / "beir")) / "scifact"
 
