@@ -146,18 +146,10 @@ class DenseScorer:
     """Dense top-k from a (built or reused) index plus the exact score of any named document."""
 
     def __init__(self, args: TeacherArgs, ds: BeirDataset):
-        from .encoder import BiEncoder
-        from .evaluation.beir import dense_index_dir
-        from .index.build import build_index, corpus_source
-        from .search.dense import DenseSearcher
+        from .evaluation.beir import dense_searcher
 
-        root = dense_index_dir(args, ds.name)
-        encoder = BiEncoder.from_pretrained(args.model)
-        source = corpus_source(ds.corpus, args.shards, {"path": str(ds.path.resolve() / "corpus.jsonl")})
-        build_index(source, encoder, root, model=args.model, factory=args.factory, batch_size=args.batch_size,
-                    precision=args.precision, progress=args.progress)
-        self.searcher = DenseSearcher.load(root, model=args.model, precision=args.precision,
-                                           batch_size=args.batch_size)
+        self.searcher = dense_searcher(ds, args.model, args.index_root, args.shards, args.factory,
+                                       args.batch_size, args.precision, args.progress)
         self.corpus = ds.corpus
 
     def run(self, queries: dict[str, str], k: int, extra: dict[str, set[str]]) -> Run:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..index.atomic import write_text_atomic
+from .jsonl import read_jsonl
 
 
 def write_negatives(path: str | Path, rows: list[dict], meta: dict) -> None:
@@ -27,20 +28,13 @@ def read_negatives(path: str | Path) -> tuple[dict[str, list[str]], dict]:
         raise DataError(path, "negatives file not found (run `dretriever mine`)")
     out: dict[str, list[str]] = {}
     meta: dict = {}
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"invalid JSON ({e.msg})", number) from None
-            if "_meta" in obj:
-                meta = obj["_meta"]
-                continue
-            if not isinstance(obj.get("qid"), str) or not isinstance(obj.get("negatives"), list):
-                raise DataError(path, "expected {'qid': str, 'negatives': [docid, ...]}", number)
-            out[obj["qid"]] = [str(d) for d in obj["negatives"]]
+    for number, obj in read_jsonl(path):
+        if "_meta" in obj:
+            meta = obj["_meta"]
+            continue
+        if not isinstance(obj.get("qid"), str) or not isinstance(obj.get("negatives"), list):
+            raise DataError(path, "expected {'qid': str, 'negatives': [docid, ...]}", number)
+        out[obj["qid"]] = [str(d) for d in obj["negatives"]]
     if not out:
         raise DataError(path, "no negatives")
     return out, meta

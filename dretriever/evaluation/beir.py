@@ -63,19 +63,27 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(text.rstrip("/")) or text).strip("-")
 
 
-def dense_index_dir(args: EvalArgs, dataset: str) -> Path:
-    return Path(args.index_root) / f"{dataset}.{slug(args.model)}.{slug(args.factory)}.s{args.shards}"
+def dense_index_dir(index_root: str | Path, dataset: str, model: str, factory: str, shards: int) -> Path:
+    return Path(index_root) / f"{dataset}.{slug(model)}.{slug(factory)}.s{shards}"
+
+
+def dense_searcher(ds: BeirDataset, model: str, index_root: str | Path, shards: int = 4, factory: str = "Flat",
+                   batch_size: int = 64, precision: str = "auto", progress: bool = True) -> DenseSearcher:
+    """Build (or reuse, when finished with the same settings) the dataset's index for ``model``; search it."""
+    root = dense_index_dir(index_root, ds.name, model, factory, shards)
+    encoder = BiEncoder.from_pretrained(model)
+    source = corpus_source(ds.corpus, shards, {"path": str(ds.path.resolve() / "corpus.jsonl")})
+    build_index(source, encoder, root, model=model, factory=factory, batch_size=batch_size, precision=precision,
+                progress=progress)
+    index = ShardedIndex.open(root)
+    check_encoder(index.manifest, encoder, root)
+    return DenseSearcher(index, encoder, batch_size=batch_size, precision=precision)
 
 
 def dense_run(args: EvalArgs, ds: BeirDataset) -> Run:
-    root = dense_index_dir(args, ds.name)
-    encoder = BiEncoder.from_pretrained(args.model)
-    source = corpus_source(ds.corpus, args.shards, {"path": str(ds.path.resolve() / "corpus.jsonl")})
-    build_index(source, encoder, root, model=args.model, factory=args.factory,
-                batch_size=args.batch_size, precision=args.precision)
-    index = ShardedIndex.open(root)
-    check_encoder(index.manifest, encoder, root)
-    return DenseSearcher(index, encoder, precision=args.precision).search(ds.queries, k=args.k)
+    searcher = dense_searcher(ds, args.model, args.index_root, args.shards, args.factory, args.batch_size,
+                              args.precision)
+    return searcher.search(ds.queries, k=args.k)
 
 
 def bm25_run(args: EvalArgs, ds: BeirDataset) -> Run:

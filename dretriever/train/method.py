@@ -36,3 +36,19 @@ class Method(Protocol):
 
     def load_state_dict(self, state: dict) -> None:
         ...
+
+
+class MethodBase:
+    """Defaults for the optional parts of :class:`Method`: train every parameter, keep no state."""
+
+    def trainable_parameters(self, encoder: BiEncoder) -> Iterable[torch.nn.Parameter]:
+        return list(encoder.parameters())
+
+    def after_step(self, encoder: BiEncoder) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

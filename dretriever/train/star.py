@@ -26,6 +26,7 @@ from . import distributed as du
 from .config import check_file
 from .data import load_train_data
 from .losses.pairwise import pairwise_softmax_loss
+from .method import MethodBase
 
 
 @dataclass
@@ -54,7 +55,8 @@ class StarArgs:
 ARGS = StarArgs
 
 
-class Star:
+class Star(MethodBase):
+    # No method state to checkpoint: batches are a pure function of (seed, epoch)
     name = "star"
 
     def __init__(self, args: StarArgs, train_args):
@@ -139,15 +141,3 @@ class Star:
                 logs["hard_neg_score"] = float((q * own).sum(-1).mean())
                 logs["acc_vs_own_hard"] = float((s_pos > (q * own).sum(-1)).float().mean())
         return loss, logs
-
-    def trainable_parameters(self, encoder):
-        return list(encoder.parameters())
-
-    def after_step(self, encoder) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}  # batches are a pure function of (seed, epoch)
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

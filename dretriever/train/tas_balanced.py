@@ -36,6 +36,7 @@ from .data import load_train_data
 from .losses.kl import kl_distill
 from .losses.margin_mse import inbatch_margin_mse, margin_mse
 from .samplers import BalancedMarginSampler, ClusterBatchSampler, Pair, cluster_queries
+from .method import MethodBase
 
 log = logging.getLogger(__name__)
 INBATCH_LOSSES = ("margin_mse", "kl")
@@ -90,7 +91,8 @@ def build_pairs(teacher: dict[str, list[tuple[str, float]]], qrels: dict[str, di
     return pairs
 
 
-class TasBalanced:
+class TasBalanced(MethodBase):
+    # No method state to checkpoint: batches and pairs are pure functions of (seed, epoch, query)
     name = "tas-balanced"
 
     def __init__(self, args: TasBalancedArgs, train_args):
@@ -194,15 +196,3 @@ class TasBalanced:
             loss = loss + a.inbatch_weight * inbatch
             logs["inbatch_loss"] = float(inbatch.detach())
         return loss, logs
-
-    def trainable_parameters(self, encoder):
-        return list(encoder.parameters())
-
-    def after_step(self, encoder) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}  # batches and pairs are pure functions of (seed, epoch, query)
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
