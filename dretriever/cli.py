@@ -44,6 +44,16 @@ def command_line() -> str:
     return "dretriever " + shlex.join(sys.argv[1:])
 
 
+def run_script(main) -> None:
+    """``run_script(main)`` ends an ``eval/`` script: a DretrieverError prints ``error: ...`` and exits 2."""
+    try:
+        code = main(sys.argv[1:])
+    except DretrieverError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ import faiss
 import numpy as np
 
 from dretriever import pyserini_env
-from dretriever.cli import parse
+from dretriever.cli import parse, run_script
 from dretriever.data.beir import load_beir
 from dretriever.errors import DretrieverError
 from dretriever.index.atomic import write_json_atomic
@@ -261,8 +260,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except DretrieverError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -12,17 +12,15 @@ document's best passage under its document id, drops hits equal to the query id 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dretriever.cli import command_line, parse
+from dretriever.cli import command_line, parse, run_script
 from dretriever.data.beir import load_beir
-from dretriever.errors import DretrieverError
-from dretriever.evaluation.beir import _record
-from dretriever.evaluation.metrics import score_run, write_trec_qrels
+from dretriever.evaluation.beir import score_and_record
+from dretriever.evaluation.metrics import METRICS, write_trec_qrels
 from dretriever.search.retriever import Retriever
-from dretriever.search.types import remove_query_ids, write_trec_run
+from dretriever.search.types import remove_query_ids
 
 
 @dataclass
@@ -43,20 +41,14 @@ def main(argv) -> int:
     run = remove_query_ids(retriever.run(ds.queries, k=args.k))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    qrels_path, run_path = out / f"{ds.name}.{args.split}.qrels", out / f"{ds.name}.{args.system}.trec"
+    qrels_path = out / f"{ds.name}.{args.split}.qrels"
     write_trec_qrels(ds.qrels, qrels_path)
-    write_trec_run(run, run_path, tag=args.system)
-    scores = score_run(qrels_path, run_path)
-    row = {"dataset": ds.name, "system": args.system, **scores, "command": "python eval/datastore_beir.py "
-           + command_line().removeprefix("dretriever "), "run": str(run_path)}
-    _record(row)
+    command = "python eval/datastore_beir.py " + command_line().removeprefix("dretriever ")
+    scores = score_and_record(ds.name, args.system, run, qrels_path, out, command)
+    scores = {k: v for k, v in scores.items() if k in METRICS.values()}
     print(" ".join(f"{k}={v:.4f}" for k, v in scores.items()), f"({ds.name}, {len(run)} queries, {args.index})")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except DretrieverError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from dretriever.cli import parse
+from dretriever.cli import parse, run_script
 from dretriever.data.beir import load_queries
 from dretriever.errors import DretrieverError
 from dretriever.index.atomic import write_json_atomic, write_text_atomic
@@ -160,8 +160,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except DretrieverError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

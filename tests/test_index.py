@@ -40,7 +40,7 @@ def all_docids(root):
 
 def test_shards_cover_corpus_and_merge_like_one_index(scifact_small, tiny_model, tmp_path):
     m3 = build(scifact_small / "corpus.jsonl", tiny_model, tmp_path / "s3", shards=3)
-    m1 = build(scifact_small / "corpus.jsonl", tiny_model, tmp_path / "s1", shards=1)
+    build(scifact_small / "corpus.jsonl", tiny_model, tmp_path / "s1", shards=1)
     corpus = load_corpus(scifact_small / "corpus.jsonl")
     assert m3["complete"] and [s["state"] for s in m3["shards"]] == ["done"] * 3
     assert sorted(all_docids(tmp_path / "s3")) == sorted(corpus) and len(set(all_docids(tmp_path / "s3"))) == len(corpus)

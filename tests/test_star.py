@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from dretriever.data.negatives import read_negatives
 import sys

@@ -114,12 +114,7 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
                 continue
             if args.remove_query:
                 run = remove_query_ids(run)
-            run_path = out / "runs" / f"{ds.name}.{slug(system)}.trec"
-            write_trec_run(run, run_path, tag=slug(system))
-            scores = score_run(qrels_path, run_path)
-            row = {"dataset": ds.name, "system": system, **scores, "command": command, "run": str(run_path)}
-            rows.append(row)
-            _record(row)
+            rows.append(score_and_record(ds.name, system, run, qrels_path, out / "runs", command))
     metrics = list(METRICS.values())
     notes = [f"Split `{args.split}`, top-{args.k}, scored by Pyserini's trec_eval -c. Dense model `{args.model}` "
              f"({args.factory}, {args.shards} shards); fusion `{args.fusion}`."]
@@ -129,7 +124,17 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
     return rows
 
 
-def _record(row: dict) -> None:
+def score_and_record(dataset: str, system: str, run: Run, qrels_path: Path, runs_dir: Path, command: str) -> dict:
+    """Write the TREC run, score it with Pyserini's trec_eval, and record the row for `dretriever regress`."""
+    run_path = runs_dir / f"{dataset}.{slug(system)}.trec"
+    write_trec_run(run, run_path, tag=slug(system))
+    row = {"dataset": dataset, "system": system, **score_run(qrels_path, run_path), "command": command,
+           "run": str(run_path)}
+    record(row)
+    return row
+
+
+def record(row: dict) -> None:
     sink = os.environ.get(RESULTS_ENV)
     if sink:
         with open(sink, "a", encoding="utf-8") as f:

@@ -125,7 +125,7 @@ class Contriever:
     # ------------------------------------------------------------------ batches
     def batches(self, epoch: int):
         """Per global batch: crops for every chunk of it from a generator seeded by (seed, epoch, batch)."""
-        ta, a = self.train_args, self.args
+        ta = self.train_args
         order = np.random.default_rng([ta.seed, epoch]).permutation(len(self.chunks))
         n = len(order) // self.global_batch
         B = ta.batch_size
