@@ -119,7 +119,6 @@ def test_bad_calls_name_the_field(datastores, r4):
 
 
 def test_langchain_adapter_returns_documents_with_text_and_metadata(r4, queries):
-    pytest.importorskip("langchain_core", reason="the [langchain] extra is not installed")
     from dretriever.search.langchain import DretrieverRetriever
 
     docs = DretrieverRetriever(retriever=r4, k=3).invoke(queries[4])
