@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 

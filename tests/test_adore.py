@@ -11,9 +11,8 @@ from dretriever.encoder import BiEncoder
 from dretriever.errors import DretrieverError
 from dretriever.index.sharded import ShardedIndex
 from dretriever.train.adore import Adore, AdoreArgs
-from dretriever.train.config import TrainArgs
 from tests.conftest import make_tiny_bert
-from tests.train_helpers import make_toy_beir, write_recipe
+from tests.train_helpers import make_method, make_toy_beir, write_recipe
 
 
 class _Acc:
@@ -34,12 +33,8 @@ def toy_index(toy, tiny_model, tmp_path_factory):
 
 
 def _adore(toy, index, model, out, **over):
-    targs = dict(method="adore", model=str(model), output_dir=str(out), data=str(toy), batch_size=4,
-                 precision="fp32", progress=False)
-    targs.update({k: v for k, v in over.items() if k in TrainArgs.__dataclass_fields__})
-    margs = dict(index=str(index), top_k=5, metric_cut=3)
-    margs.update({k: v for k, v in over.items() if k in AdoreArgs.__dataclass_fields__})
-    return Adore(AdoreArgs(**margs), TrainArgs(**targs))
+    return make_method(Adore, AdoreArgs, "adore", model, toy, out, dict(index=str(index), top_k=5, metric_cut=3),
+                       **over)[1]
 
 
 def test_candidates_are_the_top_k_plus_missed_positives(toy, toy_index, tiny_model, tmp_path):

@@ -1,15 +1,12 @@
 """Contriever: crops and deletion, MoCo queue update and divisibility check, momentum, a short training run."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import make_toy_beir, write_recipe  # noqa: E402
+from tests.train_helpers import make_toy_beir, write_recipe
 
 from dretriever.data.cropping import chunk, delete_tokens, pad_with_specials, random_crop  # noqa: E402
 from dretriever.errors import DretrieverError  # noqa: E402

@@ -2,15 +2,12 @@
 and the per-process losses and gradients equal those of one process holding the global batch."""
 
 import os
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).parent))
 
 WORLD, B, NEG, H = 2, 3, 2, 8  # processes, queries per process, hard negatives per query, dim
 

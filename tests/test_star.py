@@ -5,11 +5,8 @@ import json
 import pytest
 
 from dretriever.data.negatives import read_negatives
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import make_toy_beir, write_random_negatives, write_recipe
+from tests.train_helpers import make_method, make_toy_beir, write_random_negatives, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +37,10 @@ def test_mine_excludes_positives_and_keeps_depth(toy, tiny_model, tmp_path):
 
 
 def _star(toy, negatives, tiny_model, out, **over):
-    from dretriever.train.config import TrainArgs
     from dretriever.train.star import Star, StarArgs
 
-    targs = dict(method="star", model=str(tiny_model), output_dir=str(out), data=str(toy), batch_size=4,
-                 precision="fp32", progress=False)
-    targs.update({k: v for k, v in over.items() if k in TrainArgs.__dataclass_fields__})
-    margs = dict(negatives=str(negatives), neg_depth=10, temperature=0.05)
-    margs.update({k: v for k, v in over.items() if k in StarArgs.__dataclass_fields__})
-    return TrainArgs(**targs), Star(StarArgs(**margs), TrainArgs(**targs))
+    return make_method(Star, StarArgs, "star", tiny_model, toy, out,
+                       dict(negatives=str(negatives), neg_depth=10, temperature=0.05), **over)
 
 
 class _Acc:

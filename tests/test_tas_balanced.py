@@ -11,11 +11,10 @@ import pytest
 from dretriever.cli import main
 from dretriever.encoder import BiEncoder
 from dretriever.errors import DretrieverError
-from dretriever.train.config import TrainArgs
 from dretriever.train.samplers import BalancedMarginSampler, ClusterBatchSampler, Pair, cluster_queries
 from dretriever.train.tas_balanced import TasBalanced, TasBalancedArgs, build_pairs
 from tests.conftest import make_tiny_bert
-from tests.train_helpers import make_toy_beir, write_recipe
+from tests.train_helpers import make_method, make_toy_beir, write_recipe
 
 
 class _Acc:
@@ -102,12 +101,8 @@ def dense_teacher(toy, tiny_model, tmp_path_factory):
 
 
 def _tas(toy, teacher, model, out, **over):
-    targs = dict(method="tas-balanced", model=str(model), output_dir=str(out), data=str(toy), batch_size=4,
-                 precision="fp32", progress=False)
-    targs.update({k: v for k, v in over.items() if k in TrainArgs.__dataclass_fields__})
-    margs = dict(teacher=str(teacher), n_clusters=4, negative_depth=10)
-    margs.update({k: v for k, v in over.items() if k in TasBalancedArgs.__dataclass_fields__})
-    return TasBalanced(TasBalancedArgs(**margs), TrainArgs(**targs))
+    return make_method(TasBalanced, TasBalancedArgs, "tas-balanced", model, toy, out,
+                       dict(teacher=str(teacher), n_clusters=4, negative_depth=10), **over)[1]
 
 
 def test_batches_come_from_one_cluster(toy, dense_teacher, tiny_model, tmp_path):

@@ -2,14 +2,12 @@
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import make_toy_beir, write_random_negatives, write_recipe  # noqa: E402
+from tests.train_helpers import make_toy_beir, write_random_negatives, write_recipe
 
 from dretriever.errors import DretrieverError  # noqa: E402
 

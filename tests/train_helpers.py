@@ -54,3 +54,14 @@ def write_random_negatives(data: Path, path: Path, depth: int = 10, seed: int = 
 def write_recipe(path: Path, **fields) -> Path:
     path.write_text(yaml.safe_dump(fields, sort_keys=False))
     return path
+
+
+def make_method(method_cls, args_cls, name: str, model, data, out, method_defaults: dict, **over):
+    """``(TrainArgs, method)`` for a test: fields in ``over`` go to whichever dataclass declares them."""
+    from dretriever.train.config import TrainArgs
+
+    targs = dict(method=name, model=str(model), output_dir=str(out), data=str(data), batch_size=4,
+                 precision="fp32", progress=False)
+    targs.update({k: v for k, v in over.items() if k in TrainArgs.__dataclass_fields__})
+    margs = {**method_defaults, **{k: v for k, v in over.items() if k in args_cls.__dataclass_fields__}}
+    return TrainArgs(**targs), method_cls(args_cls(**margs), TrainArgs(**targs))
