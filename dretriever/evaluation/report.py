@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..index.atomic import write_json_atomic, write_text_atomic
@@ -78,6 +77,3 @@ def write_report(rows: list[dict], out_dir: str | Path, title: str, metrics: lis
 def print_table(rows: list[dict], metrics: list[str]) -> str:
     return markdown(with_average(rows, metrics), metrics, "results").split("\n", 2)[2]
 
-
-def load_rows(path: str | Path) -> list[dict]:
-    return json.loads(Path(path).read_text())["rows"]

@@ -54,5 +54,3 @@ class BM25Searcher:
         results = self.searcher.batch_search([queries[q] for q in qids], qids, k=k, threads=self.threads)
         return {qid: [(h.docid, float(h.score)) for h in results.get(qid, [])] for qid in qids}
 
-    def doc_count(self) -> int:
-        return int(self.searcher.num_docs)
