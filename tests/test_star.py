@@ -95,6 +95,39 @@ def test_star_shared_positive_is_masked(toy, tiny_model, tmp_path):
     assert captured["labels"].tolist() == [0, 1]
 
 
+def test_star_softmax_loss_is_cross_entropy_over_valid_candidates(toy, tiny_model, tmp_path):
+    """loss=softmax: per query, -log softmax over its positive and every valid negative (d1 dropped for q0)."""
+    import torch
+
+    from dretriever.encoder import BiEncoder
+
+    neg = write_random_negatives(toy, tmp_path / "neg.jsonl")
+    _, star = _star(toy, neg, tiny_model, tmp_path / "o", loss="softmax")
+    enc = BiEncoder.from_pretrained(tiny_model).eval()
+    star.setup(enc, _Acc())
+    batch = {"global": [("q0", "d0", ["d5"]), ("q1", "d1", ["d6"])]}
+    batch["local"] = batch["global"]
+    with torch.no_grad():
+        loss, _ = star.loss(enc, batch)
+        corpus, queries = star.data.corpus, star.data.queries
+        q = enc.embed(enc.tokenize([queries["q0"], queries["q1"]], "query"), "query")
+        d = enc.embed(enc.tokenize([corpus[x].contents for x in ("d0", "d1", "d5", "d6")], "doc"), "doc")
+    s = (q @ d.T / 0.05).tolist()
+    # q0: positive d0; d1 is also relevant to q0, so only d5 and d6 compete
+    l0 = -s[0][0] + torch.logsumexp(torch.tensor([s[0][0], s[0][2], s[0][3]]), 0).item()
+    # q1: positive d1 against d0, d5 and d6
+    l1 = -s[1][1] + torch.logsumexp(torch.tensor(s[1]), 0).item()
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
+
+
+def test_star_rejects_unknown_loss(toy, tiny_model, tmp_path):
+    from dretriever.errors import DretrieverError
+
+    neg = write_random_negatives(toy, tmp_path / "neg.jsonl")
+    with pytest.raises(DretrieverError, match="loss"):
+        _star(toy, neg, tiny_model, tmp_path / "o", loss="hinge")
+
+
 def test_train_command_runs_and_saves(toy, tiny_model, tmp_path):
     from dretriever.cli import main
     from dretriever.encoder import BiEncoder

@@ -7,7 +7,8 @@ other queries' positives are the random negatives ("in-batch"); positives and ha
 from every process, and every query is scored against all of them (DRhard shares the hard negatives of a
 batch across its queries too). Loss: the pairwise softmax of :mod:`dretriever.train.losses.pairwise`,
 averaged over all valid (query, positive, negative) pairs; pairs whose negative is judged relevant to the
-query are masked out.
+query are masked out. ``loss: softmax`` swaps in one cross-entropy per query over the same candidates
+(the listwise loss of DPR / sentence-transformers' MultipleNegativesRankingLoss) for comparison.
 
 Differences from DRhard: AdamW + linear warm-up/decay rather than LAMB; a temperature on the scores,
 since our encoders L2-normalise (DRhard's RoBERTa uses the raw inner product, i.e. temperature 1).
@@ -25,8 +26,12 @@ from ..errors import DretrieverError
 from . import distributed as du
 from .config import check_file
 from .data import load_train_data
+from .losses.contrastive import contrastive_loss
 from .losses.pairwise import pairwise_softmax_loss
 from .method import MethodBase
+
+
+LOSSES = ("pairwise", "softmax")
 
 
 @dataclass
@@ -39,6 +44,8 @@ class StarArgs:
     share_hard_negatives: bool = field(default=True, metadata={"help": "score every query against every hard "
                                                                         "negative of the global batch"})
     gather: bool = field(default=True, metadata={"help": "share negatives across processes"})
+    loss: str = field(default="pairwise", metadata={"help": "pairwise (the paper's) | softmax (listwise "
+                                                             "cross-entropy over the same candidates)"})
 
     def __post_init__(self):
         check_file("negatives", self.negatives)
@@ -50,6 +57,8 @@ class StarArgs:
             raise DretrieverError(f"hard_negatives: must be >= 0, got {self.hard_negatives}")
         if not self.temperature > 0:
             raise DretrieverError(f"temperature: must be positive, got {self.temperature}")
+        if self.loss not in LOSSES:
+            raise DretrieverError(f"loss: expected one of {LOSSES}, got {self.loss!r}")
 
 
 ARGS = StarArgs
@@ -131,8 +140,13 @@ class Star(MethodBase):
             for i in range(len(local)):
                 j = (offset + i) * per
                 hard_mask[i, j:j + per] = True
-        loss = pairwise_softmax_loss(q, pos, labels, rand_mask, neg, hard_mask if neg is not None else None,
-                                     a.temperature)
+        if a.loss == "pairwise":
+            loss = pairwise_softmax_loss(q, pos, labels, rand_mask, neg, hard_mask if neg is not None else None,
+                                         a.temperature)
+        else:  # one softmax per query over its positive and every valid negative
+            docs = pos if neg is None else torch.cat([pos, neg])
+            valid = rand_mask if neg is None else torch.cat([rand_mask, hard_mask], dim=1)
+            loss = contrastive_loss(q, docs, labels, a.temperature, mask=~valid)
         with torch.no_grad():
             s_pos = (q * pos[labels]).sum(-1)
             logs = {"pos_score": float(s_pos.mean())}
