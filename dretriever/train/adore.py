@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,8 +196,6 @@ def reuse_index(start_index: str | Path, model: str, out: str | Path) -> dict:
     starting index's shards are its shards. Checks the document tower's fingerprint and settings, links
     (or copies) the shard files into ``out`` and writes a manifest naming ``model``. Returns the manifest.
     """
-    import shutil
-
     from ..index import manifest as mf
     from ..index.build import TRAINED, encoder_info
 
@@ -227,6 +226,4 @@ def _link_or_copy(src, dst) -> None:
     try:
         os.link(src, dst)
     except OSError:  # another file system
-        import shutil
-
         shutil.copy2(src, dst)
