@@ -213,6 +213,18 @@ class BiEncoder(nn.Module):
                 h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
+    def set_dropout(self, p: float) -> None:
+        """Set every dropout probability of both towers to ``p`` (training only; inference never drops).
+
+        ``p = 0`` trains without dropout masks: on a CPU under bf16 autocast a MiniLM step then runs ~2x
+        faster (drawing the attention-dropout mask was a quarter of the step) and attention can take SDPA's
+        fused path. The saved config keeps the model's own values."""
+        if not 0.0 <= p < 1.0:
+            raise DretrieverError(f"dropout: must be in [0, 1), got {p}")
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+
     # ---------------------------------------------------------------- training-time forward
     def tokenize(self, texts: list[str], side: str, pad: bool = True):
         c = self.config

@@ -46,7 +46,8 @@ def triples(data: Path, negatives: Path | None, n: int) -> list[tuple[str, str, 
     return out, ds
 
 
-def bench_ours(rows, ds, batch: int, steps: int, warmup: int, precision: str, data: Path, neg_file: Path) -> float:
+def bench_ours(rows, ds, batch: int, steps: int, warmup: int, precision: str, data: Path, neg_file: Path,
+               device: str = "cpu", dropout: float | None = None) -> float:
     """Seconds per STAR optimizer step (Star.loss + backward + clip + AdamW + schedule), fp32 or autocast."""
     from dretriever.encoder import BiEncoder, autocast
     from dretriever.train.config import TrainArgs
@@ -59,7 +60,9 @@ def bench_ours(rows, ds, batch: int, steps: int, warmup: int, precision: str, da
     class Acc:
         num_processes, process_index = 1, 0
 
-    enc = BiEncoder.from_pretrained(MODEL, query_max_length=256, doc_max_length=256)
+    enc = BiEncoder.from_pretrained(MODEL, query_max_length=256, doc_max_length=256).to(device)
+    if dropout is not None:
+        enc.set_dropout(dropout)
     enc.train()
     star.setup(enc, Acc())
     # the benchmark's fixed triples, in STAR's batch format
@@ -76,12 +79,15 @@ def bench_ours(rows, ds, batch: int, steps: int, warmup: int, precision: str, da
         torch.nn.utils.clip_grad_norm_(enc.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device != "cpu":
+            torch.cuda.synchronize()
         if s >= warmup:
             times.append(time.perf_counter() - t)
     return sum(times) / len(times)
 
 
-def bench_st(rows, ds, batch: int, steps: int, warmup: int, precision: str) -> float:
+def bench_st(rows, ds, batch: int, steps: int, warmup: int, precision: str, device: str = "cpu",
+             dropout: float | None = None) -> float:
     """Seconds per step of SentenceTransformerTrainer + MultipleNegativesRankingLoss on (anchor, pos, neg)."""
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
@@ -91,8 +97,12 @@ def bench_st(rows, ds, batch: int, steps: int, warmup: int, precision: str) -> f
 
     from dretriever.models import resolve_model
 
-    model = SentenceTransformer(resolve_model(MODEL), device="cpu")
+    model = SentenceTransformer(resolve_model(MODEL), device=device)
     model.max_seq_length = 256
+    if dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = dropout
     n = batch * (warmup + steps)
     reps = (n + len(rows) - 1) // len(rows)
     rr = (rows * reps)[:n]
@@ -102,11 +112,13 @@ def bench_st(rows, ds, batch: int, steps: int, warmup: int, precision: str) -> f
 
     class Timer(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
+            if device != "cpu":
+                torch.cuda.synchronize()
             stamps.append(time.perf_counter())
 
     args = SentenceTransformerTrainingArguments(
         output_dir="/tmp/bench-st", per_device_train_batch_size=batch, max_steps=warmup + steps, learning_rate=2e-5,
-        warmup_ratio=0.0, bf16=precision == "bf16", fp16=False, use_cpu=True, report_to="none",
+        warmup_ratio=0.0, bf16=precision == "bf16", fp16=False, use_cpu=device == "cpu", report_to="none",
         save_strategy="no", logging_strategy="no", dataloader_drop_last=True, seed=0)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                          loss=MultipleNegativesRankingLoss(model, scale=20.0), callbacks=[Timer()])
@@ -117,6 +129,7 @@ def bench_st(rows, ds, batch: int, steps: int, warmup: int, precision: str) -> f
 
 
 def main(argv=None) -> int:
+    global MODEL
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(REPO.parent / "shared" / "beir" / "scifact"))
     p.add_argument("--negatives", default=str(REPO / "outputs" / "negatives" / "scifact.train.minilm.top200.jsonl"))
@@ -126,6 +139,10 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--ours_precision", default="fp32")
     p.add_argument("--st_precisions", nargs="+", default=["fp32"])
+    p.add_argument("--device", default="cpu", help="cpu or cuda (both sides run there)")
+    p.add_argument("--model", default=MODEL, help="the encoder both sides train (a hub name or a folder)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout probability on both sides (default: the model's, 0.1 for MiniLM)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--output", default="", help="write the results as JSON here")
     a = p.parse_args(argv)
@@ -133,23 +150,24 @@ def main(argv=None) -> int:
         p.error("--warmup must be >= 1 (the timing starts at the end of the last warm-up step)")
     if a.threads:
         torch.set_num_threads(a.threads)
+    MODEL = a.model
     data, negf = Path(a.data), Path(a.negatives)
     rows, ds = triples(data, negf, a.batch * (a.steps + a.warmup))
     results: dict[str, list[float]] = {f"dretriever-star-{a.ours_precision}": []}
     results.update({f"st-trainer-mnrl-{sp}": [] for sp in a.st_precisions})
     for run in range(a.runs):
-        s = bench_ours(rows, ds, a.batch, a.steps, a.warmup, a.ours_precision, data, negf)
+        s = bench_ours(rows, ds, a.batch, a.steps, a.warmup, a.ours_precision, data, negf, a.device, a.dropout)
         results[f"dretriever-star-{a.ours_precision}"].append(a.batch / s)
         print(f"run {run}: dretriever STAR ({a.ours_precision}) {a.batch / s:.3f} pairs/s", flush=True)
         for sp in a.st_precisions:
-            s = bench_st(rows, ds, a.batch, a.steps, a.warmup, sp)
+            s = bench_st(rows, ds, a.batch, a.steps, a.warmup, sp, a.device, a.dropout)
             results[f"st-trainer-mnrl-{sp}"].append(a.batch / s)
             print(f"run {run}: sentence-transformers trainer MNRL ({sp}) {a.batch / s:.3f} pairs/s", flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
     best_st = max(v for k, v in med.items() if k.startswith("st-"))
     ours = med[f"dretriever-star-{a.ours_precision}"]
-    print("\nmedian pairs/s (batch %d, max length 256, 1 negative, %d timed steps x %d runs, torch threads %d):"
-          % (a.batch, a.steps, a.runs, torch.get_num_threads()))
+    print("\nmedian pairs/s (batch %d, max length 256, 1 negative, %d timed steps x %d runs, torch threads %d, "
+          "dropout %s):" % (a.batch, a.steps, a.runs, torch.get_num_threads(), "model's" if a.dropout is None else a.dropout))
     for k, v in med.items():
         print(f"  {k:32s} {v:.3f}")
     print(f"  speed-up over the faster sentence-transformers setting: {ours / best_st:.2f}x")

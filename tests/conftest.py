@@ -69,3 +69,19 @@ def make_tiny_bert(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2)
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def assert_same_ranking(ids_a, scores_a, ids_b, scores_b, atol: float) -> None:
+    """Two rankings agree: equal scores position by position (within ``atol``), and the same ids in the same
+    order except inside a run of tied scores (within ``atol``), whose order the search library leaves open.
+    The last run may be cut by the ranking's depth, so only its scores are compared."""
+    import numpy as np
+
+    assert len(ids_a) == len(ids_b)
+    np.testing.assert_allclose(scores_a, scores_b, rtol=0, atol=atol)
+    start = 0
+    for i in range(1, len(ids_b) + 1):
+        if i == len(ids_b) or abs(scores_b[i] - scores_b[start]) > atol:
+            if i < len(ids_b):
+                assert sorted(ids_a[start:i]) == sorted(ids_b[start:i]), (start, ids_a[start:i], ids_b[start:i])
+            start = i

@@ -84,3 +84,20 @@ def test_precision_choice():
     assert autocast_dtype(cpu, "auto") is (torch.bfloat16 if native else None)
     with pytest.raises(Exception, match="precision"):
         autocast_dtype(cpu, "int3")
+
+
+def test_set_dropout_zero_makes_the_training_forward_deterministic(tiny_model):
+    from dretriever.errors import DretrieverError
+
+    enc = BiEncoder.from_pretrained(tiny_model)
+    enc.train()
+    batch = enc.tokenize(["protein folding in cells", "gene expression"], "doc")
+    with torch.no_grad():
+        assert not torch.allclose(enc.embed(batch, "doc"), enc.embed(batch, "doc"))  # the model's dropout (0.1)
+        enc.set_dropout(0.0)
+        once, twice = enc.embed(batch, "doc"), enc.embed(batch, "doc")
+        torch.testing.assert_close(once, twice, rtol=0, atol=0)
+        enc.eval()
+        torch.testing.assert_close(enc.embed(batch, "doc"), once, rtol=0, atol=1e-6)
+    with pytest.raises(DretrieverError, match="dropout"):
+        enc.set_dropout(1.0)

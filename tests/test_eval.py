@@ -105,6 +105,52 @@ def test_regressions_file_is_validated(tmp_path):
         load_entries(p)
 
 
+def _row(value: float) -> str:
+    return f"echo '{{\"dataset\": \"d\", \"system\": \"s\", \"ndcg_cut_10\": {value}}}' >> $DRETRIEVER_RESULTS"
+
+
+def test_regress_runs_required_entries_first_and_skips_dependents_of_a_failure(tmp_path):
+    def entry(name, command, **kw):
+        return {"name": name, "dataset": "d", "metric": "ndcg_cut_10", "expected": 0.5, "tolerance": 0.01,
+                "command": command, "cost": "hours", **kw}
+
+    entries = [
+        entry("model", f"touch model.bin && {_row(0.5)}"),
+        entry("on-model", f"test -f model.bin && {_row(0.5)}", requires=["model"]),
+        entry("broken", f"touch broken.ran && {_row(0.9)}"),
+        entry("on-broken", f"touch on-broken.ran && {_row(0.5)}", requires=["broken"]),
+    ]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "r.yaml").write_text(yaml.safe_dump(entries))
+    run = subprocess.run(CLI + ["regress", "--file", str(tmp_path / "eval" / "r.yaml"), "--only", "on-model"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert [line.split()[1] for line in run.stdout.splitlines() if line.startswith("OK")] == ["model", "on-model"]
+    assert not (tmp_path / "broken.ran").exists()
+    run = subprocess.run(CLI + ["regress", "--file", str(tmp_path / "eval" / "r.yaml"), "--only", "on-broken"],
+                         capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "FAIL broken" in run.stdout and "FAIL on-broken" in run.stdout
+    assert "not run: required entries failed: ['broken']" in run.stdout
+    assert (tmp_path / "broken.ran").exists() and not (tmp_path / "on-broken.ran").exists()
+
+
+@pytest.mark.parametrize("second, message", [
+    ({"requires": ["later"]}, r"entry 1 \(a\): requires 'later', which is not an entry above it"),
+    ({"requires": "b"}, r"entry 1 \(a\): requires must be a list"),
+])
+def test_requires_must_name_an_earlier_entry(tmp_path, second, message):
+    p = tmp_path / "r.yaml"
+    base = {"dataset": "d", "metric": "m", "expected": 1, "tolerance": 0, "command": "x", "cost": "hours"}
+    p.write_text(yaml.safe_dump([{"name": "a", **base, **second}, {"name": "later", **base}]))
+    with pytest.raises(DataError, match=message):
+        load_entries(p)
+    p.write_text(yaml.safe_dump([{"name": "slow", **base}, {"name": "a", **base, "cost": "minutes",
+                                                           "requires": ["slow"]}]))
+    with pytest.raises(DataError, match=r"requires 'slow', whose cost 'hours' exceeds its own"):
+        load_entries(p)
+
+
 def test_repository_regressions_file_is_valid():
     from pathlib import Path
 

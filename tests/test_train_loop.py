@@ -152,6 +152,7 @@ def test_recipe_parses_with_overrides(good, tmp_path):
     ({"precision": "fp8"}, "precision"),
     ({"batch_size": 0}, "batch_size"),
     ({"neg_depth": 0}, "neg_depth"),
+    ({"dropout": 1.5}, "dropout"),
 ])
 def test_bad_recipe_values_fail_naming_the_field(good, tmp_path, change, field):
     with pytest.raises(DretrieverError, match=field):

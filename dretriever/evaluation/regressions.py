@@ -2,7 +2,9 @@
 
 Each entry's command is run in a shell with ``${BEIR_DATA}`` set; every scored row it produces is appended
 to the JSONL file named by ``DRETRIEVER_RESULTS`` (see evaluation/beir.py), and the entry's metric is read
-from the row of its dataset (and, where several systems ran, its ``system``).
+from the row of its dataset (and, where several systems ran, its ``system``). An entry may name entries that
+must run first (``requires``: a model that its command evaluates or trains on, say); they come earlier in the
+file, cost no more than it does, and are run (and checked) whenever it is selected.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -35,6 +37,7 @@ class Entry:
     command: str
     cost: str
     system: str | None = None
+    requires: list[str] = field(default_factory=list)
 
 
 def load_entries(path: str | Path) -> list[Entry]:
@@ -59,19 +62,37 @@ def load_entries(path: str | Path) -> list[Entry]:
             raise DataError(path, f"{where}: cost must be one of {COSTS}, got {item['cost']!r}")
         if item["name"] in seen:
             raise DataError(path, f"{where}: duplicate name")
-        seen.add(item["name"])
-        entries.append(Entry(**item))
+        entry = Entry(**item)
+        if not isinstance(entry.requires, list):
+            raise DataError(path, f"{where}: requires must be a list of entry names")
+        for name in entry.requires:
+            earlier = next((e for e in entries if e.name == name), None)
+            if earlier is None:
+                raise DataError(path, f"{where}: requires {name!r}, which is not an entry above it")
+            if COSTS.index(earlier.cost) > COSTS.index(entry.cost):
+                raise DataError(path, f"{where}: requires {name!r}, whose cost {earlier.cost!r} exceeds its own")
+        seen.add(entry.name)
+        entries.append(entry)
     return entries
 
 
 def select(entries: list[Entry], max_cost: str, only: list[str] | None) -> list[Entry]:
+    """The chosen entries and, transitively, the entries they require, in file order (requirements first)."""
     if only:
         unknown = set(only) - {e.name for e in entries}
         if unknown:
             raise DataError("regressions", f"no entries named {sorted(unknown)}")
-        return [e for e in entries if e.name in only]
-    limit = COSTS.index(max_cost)
-    return [e for e in entries if COSTS.index(e.cost) <= limit]
+        chosen = set(only)
+    else:
+        chosen = {e.name for e in entries if COSTS.index(e.cost) <= COSTS.index(max_cost)}
+    by_name = {e.name: e for e in entries}
+    stack = list(chosen)
+    while stack:
+        for name in by_name[stack.pop()].requires:
+            if name not in chosen:
+                chosen.add(name)
+                stack.append(name)
+    return [e for e in entries if e.name in chosen]
 
 
 def run_command(command: str, beir_data: str, cwd: str | Path) -> tuple[list[dict] | None, str]:
@@ -97,14 +118,20 @@ def score_of(entry: Entry, rows: list[dict]) -> float | None:
 
 def run_all(entries: list[Entry], beir_data: str, cwd: str | Path) -> list[dict]:
     """Run each distinct command once and check every entry that reads from it."""
-    results, done = [], {}
+    results, done, failed = [], {}, set()
     for e in entries:
         start = time.perf_counter()
-        if e.command not in done:
-            done[e.command] = run_command(e.command, beir_data, cwd)
-        rows, tail = done[e.command]
+        broken = [name for name in e.requires if name in failed]
+        if broken:
+            rows, tail = None, f"not run: required entries failed: {broken}"
+        else:
+            if e.command not in done:
+                done[e.command] = run_command(e.command, beir_data, cwd)
+            rows, tail = done[e.command]
         score = score_of(e, rows) if rows is not None else None
         ok = score is not None and abs(score - e.expected) <= e.tolerance
+        if not ok:
+            failed.add(e.name)
         results.append({"name": e.name, "metric": e.metric, "expected": e.expected, "tolerance": e.tolerance,
                         "score": score, "ok": ok, "seconds": round(time.perf_counter() - start, 1)})
         shown = "error" if score is None else f"{score:.4f}"

@@ -46,6 +46,8 @@ class TrainArgs:
     grad_cache_chunk: int = field(default=0, metadata={"help": "gradient cache: encode in chunks of this many "
                                                                  "texts (0: off)"})
     untie: bool = field(default=False, metadata={"help": "separate query and document towers"})
+    dropout: float | None = field(default=None, metadata={"help": "dropout probability while training (None: the "
+                                                                   "model's; 0: none, ~2x faster on CPU bf16)"})
     query_max_length: int | None = field(default=None, metadata={"help": "override the model's (saved with it)"})
     doc_max_length: int | None = field(default=None, metadata={"help": "override the model's (saved with it)"})
     train_query_max_length: int | None = field(default=None, metadata={"help": "truncation while training only; "
@@ -90,6 +92,8 @@ class TrainArgs:
                      "save_total_limit"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            bad("dropout", f"must be in [0, 1), got {self.dropout}")
         if self.warmup < 0:
             bad("warmup", f"must be >= 0, got {self.warmup}")
         if self.max_grad_norm < 0:

@@ -137,6 +137,8 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
     set_seed(args.seed)
 
     encoder = load_encoder(args)
+    if args.dropout is not None:
+        encoder.set_dropout(args.dropout)
     saved_lengths = (encoder.config.query_max_length, encoder.config.doc_max_length)
     train_lengths = (args.train_query_max_length or saved_lengths[0], args.train_doc_max_length or saved_lengths[1])
 
