@@ -95,14 +95,13 @@ def bench_st(rows, ds, batch: int, steps: int, warmup: int, precision: str, devi
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
+    from dretriever.encoder import set_dropout
     from dretriever.models import resolve_model
 
     model = SentenceTransformer(resolve_model(MODEL), device=device)
     model.max_seq_length = 256
     if dropout is not None:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = dropout
+        set_dropout(model, dropout)
     n = batch * (warmup + steps)
     reps = (n + len(rows) - 1) // len(rows)
     rr = (rows * reps)[:n]

@@ -65,19 +65,22 @@ def train_one(recipe: str, out: Path, overrides: dict[str, str]) -> dict:
     return result
 
 
-def score(model: str, data: str, split: str) -> dict:
+def held_out_scorer(data: str, split: str):
+    """``score(model_path) -> {split_ndcg@10, ...}``: the exact in-process scorer over the whole corpus."""
     import torch
 
-    from dretriever.data.beir import load_beir
     from dretriever.encoder import BiEncoder
-    from dretriever.train.data import DevEvaluator
+    from dretriever.train.data import DevEvaluator, load_train_data
 
-    ds = load_beir(data, split=split)
-    qrels = {q: {d: r for d, r in docs.items() if r > 0} for q, docs in ds.qrels.items()}
-    qrels = {q: docs for q, docs in qrels.items() if docs}
-    encoder = BiEncoder.from_pretrained(model).to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    evaluator = DevEvaluator(ds.corpus, {q: ds.queries[q] for q in qrels}, qrels, corpus_size=0)
-    return {k.replace("dev_", f"{split}_"): v for k, v in evaluator(encoder).items()}
+    held_out = load_train_data(data, split)  # queries with a positive judgment in `split`, and their qrels
+    evaluator = DevEvaluator(held_out.corpus, held_out.queries, held_out.qrels, corpus_size=0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def score(model: str) -> dict:
+        metrics = evaluator(BiEncoder.from_pretrained(model).to(device))
+        return {k.replace("dev_", f"{split}_"): v for k, v in metrics.items()}
+
+    return score
 
 
 def main(argv=None) -> int:
@@ -105,12 +108,13 @@ def main(argv=None) -> int:
 
     with ThreadPoolExecutor(max(1, a.parallel)) as pool:
         trained = list(pool.map(job, combos))
+    score = held_out_scorer(data, a.score_split)
     rows = []
     for combo, result in zip(combos, trained):
         model = result["best"] or result["final"]
         rows.append({"run": run_name(combo), **combo, "best_dev_ndcg@10": result["best_dev_ndcg@10"],
                      "best_step": result["best_step"], "steps": result["steps"], "train_wall_s": result.get("wall_s"),
-                     "dev_curve": result["dev_curve"], "model": model, **score(model, data, a.score_split)})
+                     "dev_curve": result["dev_curve"], "model": model, **score(model)})
     rows.sort(key=lambda r: -(r["best_dev_ndcg@10"] or 0))
     key = f"{a.score_split}_ndcg@10"
     print(f"\n| run | dev nDCG@10 (selection) | at step / of | {a.score_split} nDCG@10 (in-process) | "
