@@ -47,7 +47,7 @@ def load_entries(path: str | Path) -> list[Entry]:
     raw = yaml.safe_load(path.read_text()) or []
     if not isinstance(raw, list):
         raise DataError(path, "expected a list of entries")
-    entries, seen = [], set()
+    entries: dict[str, Entry] = {}  # by name, in file order
     for i, item in enumerate(raw, start=1):
         where = f"entry {i}" + (f" ({item.get('name')})" if isinstance(item, dict) and item.get("name") else "")
         if not isinstance(item, dict):
@@ -60,20 +60,19 @@ def load_entries(path: str | Path) -> list[Entry]:
             raise DataError(path, f"{where}: unknown field(s) {sorted(unknown)}")
         if item["cost"] not in COSTS:
             raise DataError(path, f"{where}: cost must be one of {COSTS}, got {item['cost']!r}")
-        if item["name"] in seen:
+        if item["name"] in entries:
             raise DataError(path, f"{where}: duplicate name")
         entry = Entry(**item)
         if not isinstance(entry.requires, list):
             raise DataError(path, f"{where}: requires must be a list of entry names")
         for name in entry.requires:
-            earlier = next((e for e in entries if e.name == name), None)
+            earlier = entries.get(name)
             if earlier is None:
                 raise DataError(path, f"{where}: requires {name!r}, which is not an entry above it")
             if COSTS.index(earlier.cost) > COSTS.index(entry.cost):
                 raise DataError(path, f"{where}: requires {name!r}, whose cost {earlier.cost!r} exceeds its own")
-        seen.add(entry.name)
-        entries.append(entry)
-    return entries
+        entries[entry.name] = entry
+    return list(entries.values())
 
 
 def select(entries: list[Entry], max_cost: str, only: list[str] | None) -> list[Entry]:
