@@ -96,22 +96,34 @@ def _read_json(path: Path, default=None):
     return json.loads(path.read_text()) if path.is_file() else default
 
 
+# sentence-transformers up to 5 wrote one boolean per pooling mode; 6 writes "pooling_mode": "mean" (or a list)
+_LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                   "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                   "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+
+
+def _st_pooling(config_file: Path) -> str:
+    """``cls`` or ``mean`` from a sentence-transformers Pooling config (either format); others are refused."""
+    cfg = _read_json(config_file, {})
+    mode = cfg.get("pooling_mode", [m for key, m in _LEGACY_POOLING.items() if cfg.get(key)])
+    modes = [mode] if isinstance(mode, str) else list(mode)
+    if modes not in (["cls"], ["mean"]):
+        raise DretrieverError(f"{config_file}: pooling {modes or 'unset'}: only cls or mean pooling is supported")
+    return modes[0]
+
+
 def _config_from_st_layout(path: Path) -> dict:
     """Encoder settings from a sentence-transformers model folder (modules.json and friends)."""
     modules = _read_json(path / "modules.json", [])
     out: dict = {"normalize": any(m["type"].endswith("Normalize") for m in modules)}
     for m in modules:
         if m["type"].endswith("Pooling"):
-            pooling = _read_json(path / m["path"] / "config.json", {})
-            if pooling.get("pooling_mode_cls_token"):
-                out["pooling"] = "cls"
-            elif pooling.get("pooling_mode_mean_tokens"):
-                out["pooling"] = "mean"
-            else:
-                raise DretrieverError(f"{path / m['path']}: only cls and mean pooling are supported")
+            out["pooling"] = _st_pooling(path / m["path"] / "config.json")
+    # the maximum length: sentence_bert_config.json up to sentence-transformers 5, the tokenizer's from 6 on
     st = _read_json(path / "sentence_bert_config.json", {})
-    if st.get("max_seq_length"):
-        out["query_max_length"] = out["doc_max_length"] = int(st["max_seq_length"])
+    max_length = st.get("max_seq_length") or _read_json(path / "tokenizer_config.json", {}).get("model_max_length")
+    if max_length and max_length < 1_000_000:  # transformers writes a huge sentinel when there is no limit
+        out["query_max_length"] = out["doc_max_length"] = int(max_length)
     prompts = _read_json(path / "config_sentence_transformers.json", {}).get("prompts", {})
     out["query_prefix"] = prompts.get("query", "")
     out["doc_prefix"] = prompts.get("document", prompts.get("passage", ""))

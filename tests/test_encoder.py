@@ -101,3 +101,25 @@ def test_set_dropout_zero_makes_the_training_forward_deterministic(tiny_model):
         torch.testing.assert_close(enc.embed(batch, "doc"), once, rtol=0, atol=1e-6)
     with pytest.raises(DretrieverError, match="dropout"):
         enc.set_dropout(1.0)
+
+
+@pytest.mark.parametrize("mode", ["cls", "mean", "max"])
+def test_loads_a_folder_the_installed_sentence_transformers_saved(tiny_model, tmp_path, mode):
+    """The installed sentence-transformers' own save (6.x: "pooling_mode": "mean", the maximum length in the
+    tokenizer config) loads with its pooling, normalisation and length, and embeds as SentenceTransformer does."""
+    from dretriever.errors import DretrieverError
+    from sentence_transformers import SentenceTransformer, models
+
+    word = models.Transformer(str(tiny_model), max_seq_length=48)
+    st = SentenceTransformer(modules=[word, models.Pooling(word.get_embedding_dimension(), mode),
+                                      models.Normalize()], device="cpu")
+    st.save(str(tmp_path / "st"))
+    if mode == "max":
+        with pytest.raises(DretrieverError, match=r"1_Pooling/config.json: pooling \['max'\]: only cls or mean"):
+            BiEncoder.from_pretrained(tmp_path / "st")
+        return
+    enc = BiEncoder.from_pretrained(tmp_path / "st")
+    c = enc.config
+    assert (c.pooling, c.normalize, c.query_max_length, c.doc_max_length) == (mode, True, 48, 48)
+    texts = DOCS + QUERIES  # (SentenceTransformer batches by length, so padding differs: fp32 noise ~3e-5)
+    np.testing.assert_allclose(enc.encode_docs(texts), st.encode(texts, batch_size=8), atol=1e-4)

@@ -167,3 +167,17 @@ def test_missing_recipe_file_and_cli_exit_code(tmp_path, capsys):
         parse_recipe([str(tmp_path / "nope.yaml")])
     assert main(["train", str(write_recipe(tmp_path / "r.yaml", method="colbert", output_dir="x"))]) == 2
     assert "method" in capsys.readouterr().err
+
+
+def test_dev_split_is_seeded_disjoint_and_may_take_all_only_when_no_training_queries_are_needed():
+    from dretriever.train.data import split_dev
+
+    qids = [f"q{i}" for i in range(20)]
+    train, dev = split_dev(reversed(qids), 5)
+    assert (train, dev) == split_dev(qids, 5)            # independent of the input order
+    assert len(dev) == 5 and set(train) | set(dev) == set(qids) and not set(train) & set(dev)
+    assert split_dev(qids, 20, need_train=False) == ([], sorted(qids))
+    with pytest.raises(DretrieverError, match="dev_queries: 20 leaves no training queries"):
+        split_dev(qids, 20)
+    with pytest.raises(DretrieverError, match="dev_queries: 21 > the 20 queries"):
+        split_dev(qids, 21, need_train=False)

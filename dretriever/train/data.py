@@ -35,11 +35,15 @@ class TrainData:
         return [d for d, r in self.qrels.get(qid, {}).items() if r > 0]
 
 
-def split_dev(qids, n_dev: int, seed: int = DEV_SEED) -> tuple[list[str], list[str]]:
-    """``(train, dev)``: ``n_dev`` query ids drawn by a seeded shuffle of the sorted ids."""
+def split_dev(qids, n_dev: int, seed: int = DEV_SEED, need_train: bool = True) -> tuple[list[str], list[str]]:
+    """``(train, dev)``: ``n_dev`` query ids drawn by a seeded shuffle of the sorted ids.
+
+    ``need_train=False`` lets the dev split take every query (an unsupervised method such as Contriever reads
+    no training queries, so all of them can judge its checkpoints)."""
     qids = sorted(qids)
-    if n_dev >= len(qids):
-        raise DretrieverError(f"dev_queries: {n_dev} leaves no training queries (there are {len(qids)})")
+    if n_dev > len(qids) or (need_train and n_dev == len(qids)):
+        raise DretrieverError(f"dev_queries: {n_dev} leaves no training queries (there are {len(qids)})"
+                              if n_dev == len(qids) else f"dev_queries: {n_dev} > the {len(qids)} queries there are")
     shuffled = qids[:]
     random.Random(seed).shuffle(shuffled)
     dev = set(shuffled[:n_dev])
@@ -55,13 +59,14 @@ def load_corpus_cached(data: str | Path) -> dict[str, Document]:
     return _corpus(str(Path(data) / "corpus.jsonl"))
 
 
-def load_train_data(data: str | Path, split: str = "train", dev_queries: int = 0) -> TrainData:
-    """Queries and qrels of ``split`` with ``dev_queries`` of them carved off as the dev split."""
+def load_train_data(data: str | Path, split: str = "train", dev_queries: int = 0, need_train: bool = True) -> TrainData:
+    """Queries and qrels of ``split`` with ``dev_queries`` of them carved off as the dev split
+    (``need_train=False``: they may be all of them; see ``split_dev``)."""
     corpus = load_corpus_cached(data)
     ds = load_beir(data, split=split, corpus=corpus)
     qrels = {q: {d: r for d, r in docs.items() if r > 0} for q, docs in ds.qrels.items()}
     qrels = {q: docs for q, docs in qrels.items() if docs}
-    train, dev = split_dev(qrels, dev_queries) if dev_queries else (sorted(qrels), [])
+    train, dev = split_dev(qrels, dev_queries, need_train=need_train) if dev_queries else (sorted(qrels), [])
     return TrainData(corpus, {q: ds.queries[q] for q in train}, {q: qrels[q] for q in train},
                      {q: ds.queries[q] for q in dev}, {q: qrels[q] for q in dev})
 

@@ -420,7 +420,7 @@ def _dev_evaluator(args: TrainArgs):
 
     if not args.data:
         raise DretrieverError("data: dev_queries needs a BEIR dataset folder in data")
-    data = load_train_data(args.data, args.train_split, args.dev_queries)
+    data = load_train_data(args.data, args.train_split, args.dev_queries, need_train=False)  # dev only
     hard = read_negatives(args.dev_negatives)[0] if args.dev_negatives else None
     return DevEvaluator(data.corpus, data.dev_queries, data.dev_qrels, corpus_size=args.dev_corpus, hard=hard,
                         candidates=args.dev_candidates, batch_size=args.eval_batch_size, precision=args.precision)

@@ -9,20 +9,11 @@
 #         STAR model comes back as fp16 weights in 3 parts + a tar of the rest of its run folder.
 set -u
 stage=${1:?usage: run-h200.sh 1|2}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi -L
-python3 - <<'PY'
-import shutil
-from safetensors.torch import load_file, save_file
-shutil.copytree('.gpu/model', '/tmp/minilm', ignore=shutil.ignore_patterns('model.fp16.safetensors'))
-sd = load_file('.gpu/model/model.fp16.safetensors')
-save_file({k: v.float().contiguous() for k, v in sd.items()}, '/tmp/minilm/model.safetensors', metadata={'format': 'pt'})
-PY
+source "$(dirname "${BASH_SOURCE[0]}")/device-setup.sh"
 D=.gpu/scifact; N=.gpu/neg.jsonl
 COMMON="model=/tmp/minilm data=$D dev_negatives=$N precision=fp32"
-CONTRIEVER_DEV="dev_queries=80 dev_corpus=400 eval_steps=70 save_steps=0"
+# recipes/contriever.yaml then: in-batch, crops 0.1-0.5 (pinned here since the recipe changed after these calls)
+CONTRIEVER_DEV="mode=inbatch ratio_min=0.1 ratio_max=0.5 dev_queries=80 dev_corpus=400 eval_steps=70 save_steps=0"
 sweep() {  # sweep NAME RECIPE PARALLEL GRID... : one grid in the background, its table and log under $OUT
   local name=$1 recipe=$2 parallel=$3; shift 3
   timeout 360 python3 eval/sweep_train.py "$recipe" --grid "$@" --output_root /tmp/sw/${name%[0-9]} \
