@@ -9,6 +9,7 @@ import torch
 
 from dretriever import pyserini_env
 from dretriever.encoder import BiEncoder, autocast_dtype
+from dretriever.errors import DretrieverError
 from dretriever.models import resolve_model
 
 QUERIES = ["What causes malaria?", "ACE inhibitors reduce blood pressure in adults", "p53"]
@@ -87,7 +88,6 @@ def test_precision_choice():
 
 
 def test_set_dropout_zero_makes_the_training_forward_deterministic(tiny_model):
-    from dretriever.errors import DretrieverError
 
     enc = BiEncoder.from_pretrained(tiny_model)
     enc.train()
@@ -107,7 +107,6 @@ def test_set_dropout_zero_makes_the_training_forward_deterministic(tiny_model):
 def test_loads_a_folder_the_installed_sentence_transformers_saved(tiny_model, tmp_path, mode):
     """The installed sentence-transformers' own save (6.x: "pooling_mode": "mean", the maximum length in the
     tokenizer config) loads with its pooling, normalisation and length, and embeds as SentenceTransformer does."""
-    from dretriever.errors import DretrieverError
     from sentence_transformers import SentenceTransformer, models
 
     word = models.Transformer(str(tiny_model), max_seq_length=48)
