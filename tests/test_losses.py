@@ -77,3 +77,20 @@ def test_pairwise_equals_two_way_log_softmax():
                 terms.append(-torch.log_softmax(torch.stack([sp[i], s[i, j]]), 0)[0])
             terms.append(-torch.log_softmax(torch.stack([sp[i], q[i] @ neg[j]]), 0)[0])
     assert got.item() == pytest.approx(torch.stack(terms).mean().item(), abs=1e-5)
+
+
+def test_pairwise_softmax_is_a_mean_over_queries_of_each_querys_mean():
+    # q0 has two valid pairs, q1 one (its other "negative" is relevant and masked)
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    labels = torch.tensor([0, 1])
+    rand_mask = torch.tensor([[False, True, True], [False, False, True]])
+    sp = lambda x: math.log(1 + math.exp(x))  # noqa: E731
+    q0 = (sp(0.0 - 1.0) + sp(0.6 - 1.0)) / 2
+    q1 = sp(0.8 - 1.0)
+    got = pairwise_softmax_loss(q, pos, labels, rand_mask, temperature=1.0)
+    assert got.item() == pytest.approx((q0 + q1) / 2, abs=1e-6)
+    # a query without any valid pair does not count; none at all gives 0
+    got = pairwise_softmax_loss(q, pos, labels, torch.tensor([[False, True, True], [False, False, False]]))
+    assert got.item() == pytest.approx(q0, abs=1e-6)
+    assert pairwise_softmax_loss(q, pos, labels, torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0

@@ -9,7 +9,7 @@ import torch
 
 from dretriever.train.losses.kl import InBatchKLLoss, kl_distill
 from dretriever.train.losses.margin_mse import InBatchMarginMSELoss, MarginMSELoss, inbatch_margin_mse, margin_mse
-from dretriever.train.losses.ranknet import RankNetLoss, lambda_weights, rank_gain, ranknet_loss
+from dretriever.train.losses.ranknet import RankNetLoss, ideal_dcg, lambda_weights, rank_gain, ranknet_loss
 
 
 def softplus(x: float) -> float:
@@ -34,12 +34,60 @@ def test_ranknet_weighted_by_swap_gain_with_cut():
     ranks = torch.tensor([[1, 2, 3, 4]])
     w = lambda_weights(ranks, cut=3)
     # pairs (relevant i, irrelevant j): (1,0) (1,2) (3,0) (3,2)
+    # the query's sum over pairs is divided by its 2 relevant candidates
     expected = (abs(0.5 - 1) * softplus(2.0 - 1.0) + abs(0.5 - 1 / 3) * softplus(0.5 - 1.0)
-                + abs(0 - 1) * softplus(2.0 + 1.0) + abs(0 - 1 / 3) * softplus(0.5 + 1.0))
+                + abs(0 - 1) * softplus(2.0 + 1.0) + abs(0 - 1 / 3) * softplus(0.5 + 1.0)) / 2
     assert ranknet_loss(scores, labels, w).item() == pytest.approx(expected, rel=1e-6)
     # unweighted RankNet: every pair weighs 1
-    plain = softplus(1.0) + softplus(-0.5) + softplus(3.0) + softplus(1.5)
+    plain = (softplus(1.0) + softplus(-0.5) + softplus(3.0) + softplus(1.5)) / 2
     assert ranknet_loss(scores, labels).item() == pytest.approx(plain, rel=1e-6)
+
+
+def test_ranknet_one_positive_is_the_unnormalised_binary_sum():
+    # one relevant candidate (grade 1 or 2): ΔnDCG weights = |g_i - g_j| (IDCG = 2^rel - 1) and P = 1
+    scores = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
+    ranks = torch.tensor([[1, 2, 3, 4]])
+    binary = lambda_weights(ranks, cut=3)
+    expected = 0.5 * softplus(1.0) + (1 / 6) * softplus(-0.5) + 0.5 * softplus(-2.0)  # pairs (1,0) (1,2) (1,3)
+    for grade in (1, 2):
+        labels = torch.tensor([[0, grade, 0, 0]])
+        graded = lambda_weights(ranks, cut=3, relevance=labels)
+        assert torch.allclose(graded * (labels.unsqueeze(2) > labels.unsqueeze(1)),
+                              binary * (labels.unsqueeze(2) > labels.unsqueeze(1)))
+        assert ranknet_loss(scores, labels, graded).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_graded_relevance_gives_the_delta_ndcg_weights():
+    # Ranks 1..4, grades [0, 2, 1, 0]; the query also has a grade-1 positive the candidates miss.
+    # Cut 3, reciprocal discount g = [1, 1/2, 1/3, 0]; gains G = 2^rel - 1 = [0, 3, 1, 0].
+    # IDCG@3 from the judged grades [2, 1, 1] = 3 * 1 + 1 * 1/2 + 1 * 1/3 = 23/6.
+    # w_ij = |G_i - G_j| |g_i - g_j| / IDCG:
+    #   (1,0): 3 * 1/2 = 3/2 -> 9/23     (1,2): 2 * 1/6 = 1/3 -> 2/23     (1,3): 3 * 1/2 -> 9/23
+    #   (2,0): 1 * 2/3 = 2/3 -> 4/23     (2,3): 1 * 1/3 -> 2/23
+    ranks = torch.tensor([[1, 2, 3, 4]])
+    labels = torch.tensor([[0, 2, 1, 0]])
+    ideal = ideal_dcg(torch.tensor([[2, 1, 1]]), cut=3)
+    assert ideal.item() == pytest.approx(23 / 6, rel=1e-6)
+    w = lambda_weights(ranks, cut=3, relevance=labels, ideal=ideal)[0]
+    expected_w = {(1, 0): 9 / 23, (1, 2): 2 / 23, (1, 3): 9 / 23, (2, 0): 4 / 23, (2, 3): 2 / 23}
+    for (i, j), v in expected_w.items():
+        assert w[i, j].item() == pytest.approx(v, rel=1e-6)
+        assert w[j, i].item() == pytest.approx(v, rel=1e-6)  # symmetric
+    assert w[0, 3].item() == 0.0  # two irrelevant documents: no gain to swap
+    scores = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
+    # loss: sum over the 5 pairs of w * softplus(s_j - s_i), divided by the 2 relevant candidates
+    loss = (9 / 23 * softplus(1.0) + 2 / 23 * softplus(-0.5) + 9 / 23 * softplus(-2.0)
+            + 4 / 23 * softplus(1.5) + 2 / 23 * softplus(-1.5)) / 2
+    assert ranknet_loss(scores, labels, lambda_weights(ranks, 3, relevance=labels, ideal=ideal)).item() == \
+        pytest.approx(loss, rel=1e-6)
+    # the same ranking with binary labels: no (1,2) pair and the weights differ
+    binary = labels.clamp(max=1)
+    wb = lambda_weights(ranks, cut=3, relevance=binary, ideal=ideal_dcg(torch.tensor([[1, 1, 1]]), cut=3))[0]
+    assert wb[1, 2].item() == 0.0
+    assert wb[1, 0].item() == pytest.approx(0.5 / (11 / 6), rel=1e-6)  # IDCG@3 of three grade-1 docs = 11/6
+    # log2 discount, no cut: IDCG of [2, 1, 1] = 3 + 1/log2(3) + 1/2
+    assert ideal_dcg(torch.tensor([[1, 2, 1, 0]]), discount="log2").item() == \
+        pytest.approx(3 + 1 / math.log2(3) + 0.5, rel=1e-6)
 
 
 def test_ranknet_pairs_beyond_cut_weigh_nothing_and_padding_is_ignored():
@@ -92,11 +140,15 @@ def test_inbatch_margin_mse_with_mask():
     # row 0: margins student [0.5, 1.0] teacher [1.0, 1.0] -> errors 0.25, 0
     # row 1: margins student [0.6, 0.4] teacher [1.0, 0.0] -> errors 0.16, 0.16
     assert inbatch_margin_mse(student, teacher, pos).item() == pytest.approx((0.25 + 0 + 0.16 + 0.16) / 4, rel=1e-5)
+    # per row, then over rows: row 0 keeps one column (0.25), row 1 two (mean 0.16)
     mask = torch.tensor([[True, True, False], [True, True, True]])
-    assert inbatch_margin_mse(student, teacher, pos, mask).item() == pytest.approx((0.25 + 0.16 + 0.16) / 3, rel=1e-5)
+    assert inbatch_margin_mse(student, teacher, pos, mask).item() == pytest.approx((0.25 + 0.16) / 2, rel=1e-5)
     q = torch.eye(2)
     d = torch.tensor([[1.0, 0.2], [0.5, 0.8], [0.0, 0.4]])  # q @ d.T == student above
-    assert InBatchMarginMSELoss()(q, d, teacher, pos, mask).item() == pytest.approx((0.25 + 0.16 + 0.16) / 3, rel=1e-5)
+    assert InBatchMarginMSELoss()(q, d, teacher, pos, mask).item() == pytest.approx((0.25 + 0.16) / 2, rel=1e-5)
+    # a row with no valid column is left out of the mean
+    none = torch.tensor([[True, False, False], [True, True, True]])
+    assert inbatch_margin_mse(student, teacher, pos, none).item() == pytest.approx(0.16, rel=1e-5)
 
 
 # ------------------------------------------------------------------ KL

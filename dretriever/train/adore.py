@@ -6,13 +6,26 @@ fingerprint must match the starting model. Every step:
 
 1. embed the batch's queries (with gradients);
 2. search the index with the *detached* query vectors for the top ``top_k`` (ADORE: 200);
-3. append the query's judged positives that the search missed (rank ``top_k + 1``);
+3. append the query's judged positives that the search missed (rank ``top_k + 1``), at most
+   ``max_appended_positives`` of them: when more are missed, a sample drawn afresh for each epoch (seeded by
+   the recipe's seed, the epoch and the query);
 4. score the candidates as ``q . d / temperature`` against their fixed index vectors and apply the
-   RankNet loss of :mod:`dretriever.train.losses.ranknet`, each (relevant, irrelevant) pair weighted by
-   ``|g(rank_i) - g(rank_j)|`` with ``g(r) = 1/r`` (or ``1/log2(r+1)``) cut to zero beyond ``metric_cut``.
+   RankNet loss of :mod:`dretriever.train.losses.ranknet`, each pair (i more relevant than j) weighted by
+   its ΔnDCG@``metric_cut``: ``|2^rel_i - 2^rel_j| |g(rank_i) - g(rank_j)| / IDCG`` with ``g(r) = 1/r``
+   (or ``1/log2(r+1)``) cut to zero beyond ``metric_cut``, the judged grades of the qrels as ``rel`` and
+   IDCG from all of the query's judged grades; a query's loss is divided by its number of relevant
+   candidates (a mean over its positives).
 
 The hard negatives are thus always the current query encoder's own top ranks ("dynamic" negatives)
-while the document side never changes, so no re-indexing is needed during or after training.
+while the document side never changes, so no re-indexing is needed during or after training, and the
+dev evaluation scores the dev queries against the index's vectors of the dev documents
+(:meth:`Adore.dev_doc_vectors`) instead of encoding them at each evaluation.
+
+Many positives (e.g. NFCorpus: 42.7 judged documents per query, up to 1,363, grades 1 and 2): graded
+pairs between positives count, weights come from the grades, the loss per query is a mean over its
+positives (so it keeps the scale of a one-positive query) and the appended positives are bounded, so
+the candidate list stays at most ``top_k + max_appended_positives`` long. With one positive (SciFact's
+usual case) the loss is exactly the earlier one: IDCG = 2^rel - 1 and one positive to divide by.
 
 Saving: the encoder is untied at setup (the document tower becomes a frozen copy of the starting model),
 so the saved model is a query encoder plus the unchanged document encoder; indexing with it reproduces
@@ -29,6 +42,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +54,7 @@ from ..encoder import BiEncoder
 from ..errors import DretrieverError
 from ..index.sharded import ShardedIndex
 from .data import load_train_data
-from .losses.ranknet import DISCOUNTS, lambda_weights, ranknet_loss
+from .losses.ranknet import DISCOUNTS, ideal_dcg, lambda_weights, ranknet_loss
 
 
 @dataclass
@@ -51,6 +65,8 @@ class AdoreArgs:
     discount: str = field(default="reciprocal", metadata={"help": "reciprocal (1/r, ADORE) | log2 (DCG)"})
     weighted: bool = field(default=True, metadata={"help": "LambdaLoss-style weights (false: plain RankNet)"})
     temperature: float = field(default=1.0, metadata={"help": "scores / temperature (use ~0.05 with cosine)"})
+    max_appended_positives: int = field(default=32, metadata={
+        "help": "missed positives appended per query per step (a seeded sample per epoch when more are missed)"})
 
     def __post_init__(self):
         if not self.index:
@@ -63,9 +79,12 @@ class AdoreArgs:
             raise DretrieverError(f"discount: expected one of {DISCOUNTS}, got {self.discount!r}")
         if not self.temperature > 0:
             raise DretrieverError(f"temperature: must be positive, got {self.temperature}")
+        if self.max_appended_positives < 0:
+            raise DretrieverError(f"max_appended_positives: must be >= 0, got {self.max_appended_positives}")
 
 
 ARGS = AdoreArgs
+log = logging.getLogger(__name__)
 DOC_SETTINGS = ("pooling", "normalize", "doc_prefix", "doc_max_length")  # what the fixed vectors depend on
 
 
@@ -116,12 +135,15 @@ class Adore:
         for p in encoder.doc_model.parameters():
             p.requires_grad_(False)
         self.position = {d: (s, i) for s, shard in enumerate(self.index.shards) for i, d in enumerate(shard.docids)}
-        self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries)
+        self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries, dev_split=ta.dev_split)
         missing = {d for q in self.data.queries for d in self.data.positives(q) if d not in self.position}
         if missing:
             raise DretrieverError(f"index: {self.index.root} lacks {len(missing)} judged document(s) of "
                                   f"{ta.data}, e.g. {sorted(missing)[0]!r}; was it built from this corpus?")
         self.qids = sorted(self.data.queries)
+        cut = self.args.metric_cut or None
+        self.ideal = {q: float(ideal_dcg(torch.tensor([sorted(self.data.qrels[q].values(), reverse=True)]), cut,
+                                         self.args.discount)[0]) for q in self.qids}
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.global_batch = ta.batch_size * self.world
         if len(self.qids) < self.global_batch:
@@ -129,38 +151,51 @@ class Adore:
                                   f"({self.global_batch})")
 
     def batches(self, epoch: int):
+        """This process's share of each global batch: ``{"qids": [...], "epoch": epoch}``."""
         rng = random.Random(f"adore:{self.train_args.seed}:{epoch}")
         order = self.qids[:]
         rng.shuffle(order)
         B = self.train_args.batch_size
-        return [order[start + self.rank * B:start + (self.rank + 1) * B]
+        return [{"qids": order[start + self.rank * B:start + (self.rank + 1) * B], "epoch": epoch}
                 for start in range(0, len(order) - self.global_batch + 1, self.global_batch)]
 
-    def candidates(self, qvecs: np.ndarray, qids: list[str]):
-        """Per query: hits (shard, position) of the top_k plus missed positives, their ranks and labels."""
+    def appended(self, qid: str, found: set[str], epoch: int = 0) -> list[str]:
+        """The judged positives of ``qid`` missing from ``found`` that join its candidates: all of them, or a
+        sample of ``max_appended_positives`` (seeded by seed, epoch and query) when more are missed."""
+        missed = [d for d in self.data.positives(qid) if d not in found]
+        bound = self.args.max_appended_positives
+        if len(missed) > bound:
+            rng = random.Random(f"adore-append:{self.train_args.seed}:{epoch}:{qid}")
+            keep = set(rng.sample(sorted(missed), bound))
+            missed = [d for d in missed if d in keep]
+        return missed
+
+    def candidates(self, qvecs: np.ndarray, qids: list[str], epoch: int = 0):
+        """Per query: hits (shard, position) of the top_k plus appended missed positives, their ranks and their
+        labels (the judged grade, 0 for unjudged documents)."""
         _, hits = self.index.search(qvecs, self.args.top_k)
         rows = []
         for qid, row in zip(qids, hits):
             row = list(row)
             ranks = list(range(1, len(row) + 1))
             found = {self.index.docid(s, i) for s, i in row}
-            for d in self.data.positives(qid):
-                if d not in found:
-                    row.append(self.position[d])
-                    ranks.append(self.args.top_k + 1)
-            positives = set(self.data.positives(qid))
-            labels = [self.index.docid(s, i) in positives for s, i in row]
+            for d in self.appended(qid, found, epoch):
+                row.append(self.position[d])
+                ranks.append(self.args.top_k + 1)
+            grades = self.data.qrels[qid]
+            labels = [grades.get(self.index.docid(s, i), 0) for s, i in row]
             rows.append((row, ranks, labels))
         return rows
 
     def loss(self, encoder, batch):
-        q = encoder.embed(encoder.tokenize([self.data.queries[x] for x in batch], "query"), "query")
-        rows = self.candidates(q.detach().float().cpu().numpy(), batch)
+        qids, epoch = (batch["qids"], batch["epoch"]) if isinstance(batch, dict) else (list(batch), 0)
+        q = encoder.embed(encoder.tokenize([self.data.queries[x] for x in qids], "query"), "query")
+        rows = self.candidates(q.detach().float().cpu().numpy(), qids, epoch)
         n = max(len(r) for r, _, _ in rows)
-        B, D = len(batch), self.index.dim
+        B, D = len(qids), self.index.dim
         docs = np.zeros((B, n, D), dtype=np.float32)
         ranks = torch.full((B, n), self.args.top_k + 1, dtype=torch.long)
-        labels = torch.zeros((B, n), dtype=torch.bool)
+        labels = torch.zeros((B, n), dtype=torch.long)
         mask = torch.zeros((B, n), dtype=torch.bool)
         for b, (row, rk, lab) in enumerate(rows):
             docs[b, :len(row)] = doc_vectors(self.index, row)
@@ -170,13 +205,29 @@ class Adore:
         docs_t = torch.from_numpy(docs).to(q.device)
         labels, mask, ranks = labels.to(q.device), mask.to(q.device), ranks.to(q.device)
         scores = torch.einsum("bd,bnd->bn", q.float(), docs_t) / self.args.temperature
-        weights = lambda_weights(ranks, self.args.metric_cut or None, self.args.discount) if self.args.weighted else None
+        if self.args.weighted:
+            ideal = torch.tensor([self.ideal[x] for x in qids], device=q.device)
+            weights = lambda_weights(ranks, self.args.metric_cut or None, self.args.discount, labels, ideal)
+        else:
+            weights = None
         loss = ranknet_loss(scores, labels, weights, mask)
-        first_pos = [min((r for r, l in zip(rk, lab) if l), default=self.args.top_k + 1) for _, rk, lab in rows]
+        first_pos = [min((r for r, l in zip(rk, lab) if l > 0), default=self.args.top_k + 1) for _, rk, lab in rows]
         logs = {"first_positive_rank": float(np.mean(first_pos)),
                 "positive_in_top10": float(np.mean([r <= 10 for r in first_pos])),
-                "mrr@10": float(np.mean([1.0 / r if r <= 10 else 0.0 for r in first_pos]))}
+                "mrr@10": float(np.mean([1.0 / r if r <= 10 else 0.0 for r in first_pos])),
+                "positives": float(np.mean([sum(l > 0 for l in lab) for _, _, lab in rows])),
+                "appended": float(np.mean([sum(r > self.args.top_k for r in rk) for _, rk, _ in rows]))}
         return loss, logs
+
+    def dev_doc_vectors(self, doc_ids: list[str]) -> np.ndarray | None:
+        """The fixed index vectors of the dev documents (what encoding them would give: the document tower never
+        trains), or None when the index lacks one of them."""
+        missing = [d for d in doc_ids if d not in self.position]
+        if missing:
+            log.warning("dev corpus: %s lacks %d of the %d dev documents (e.g. %r); they are encoded instead",
+                        self.index.root, len(missing), len(doc_ids), missing[0])
+            return None
+        return doc_vectors(self.index, [self.position[d] for d in doc_ids])
 
     def trainable_parameters(self, encoder):
         return list(encoder.query_model.parameters())

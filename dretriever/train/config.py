@@ -64,7 +64,10 @@ class TrainArgs:
     progress: bool = True
     eval_steps: int = field(default=0, metadata={"help": "dev evaluation every N steps (0: each epoch end)"})
     eval_at_start: bool = field(default=True, metadata={"help": "evaluate the starting model on dev first"})
-    dev_queries: int = field(default=0, metadata={"help": "train queries carved off as the dev split (0: none)"})
+    dev_queries: int = field(default=0, metadata={"help": "train queries carved off as the dev split (0: none); "
+                                                          "with dev_split: that many of its queries (0: all)"})
+    dev_split: str = field(default="", metadata={"help": "qrels split judging checkpoints (e.g. dev: the dataset's "
+                                                         "qrels/dev.tsv); '' carves dev_queries off train_split"})
     dev_corpus: int = field(default=2000, metadata={"help": "documents in the dev corpus (0: the whole corpus)"})
     dev_negatives: str = field(default="", metadata={"help": "mined negatives whose top dev_candidates per dev "
                                                               "query join the dev corpus"})
@@ -112,6 +115,18 @@ class TrainArgs:
             bad("model", f"{self.model!r} not found")
         if self.dev_negatives and not Path(self.dev_negatives).is_file():
             bad("dev_negatives", f"file {self.dev_negatives!r} not found")
+        if self.dev_split:
+            if self.dev_split == self.train_split:
+                bad("dev_split", f"{self.dev_split!r} is train_split; choose another split (e.g. dev)")
+            if not self.data:
+                bad("dev_split", "needs data (a BEIR dataset folder)")
+            if not (Path(self.data) / "qrels" / f"{self.dev_split}.tsv").is_file():
+                bad("dev_split", f"{Path(self.data) / 'qrels' / (self.dev_split + '.tsv')} not found")
+
+    @property
+    def has_dev(self) -> bool:
+        """Whether checkpoints are judged on a dev split (carved from train_split, or dev_split)."""
+        return bool(self.dev_queries or self.dev_split)
 
     @property
     def log_path(self) -> Path:

@@ -12,6 +12,12 @@ Modes (as facebookresearch/contriever ``src/inbatch.py`` and ``src/moco.py``):
   multiple of the global batch so the queue pointer always wraps exactly); the gathered keys of each step
   are enqueued after it.
 
+Many positives: training reads no judgments, and each crop has exactly one positive (the other crop of
+its chunk), so the number of judged documents per query never reaches the loss (a mean over crops,
+:mod:`dretriever.train.losses.contrastive`); judged documents matter only to the dev evaluation, which
+may use the dataset's own dev qrels (``dev_split``) and, as the document tower trains, encodes the dev
+corpus at each evaluation.
+
 Differences from the official code: chunks are taken per document rather than from one concatenated token
 stream, and the queue is pushed after the optimizer step (the official code pushes right after the
 forward; with one micro-batch per step the keys enqueued and the update order are the same).

@@ -2,7 +2,11 @@
 fast in-process dev evaluation (nDCG@10 on a dev corpus subset) for checkpoint selection.
 
 The dev split is carved from the *training* qrels (``TrainArgs.dev_queries`` queries, chosen by a seeded
-shuffle of the sorted query ids), so the test split is never looked at while training.
+shuffle of the sorted query ids), so the test split is never looked at while training; or, with
+``TrainArgs.dev_split`` (e.g. ``dev``), it is the dataset's own ``qrels/<dev_split>.tsv`` (all its queries,
+or a seeded ``dev_queries`` of them) and training keeps every training query.
+
+Relevance grades are kept (``qrels[q][d]`` is the judged grade, > 0); ``positives`` lists the judged ids.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import functools
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,16 +64,40 @@ def load_corpus_cached(data: str | Path) -> dict[str, Document]:
     return _corpus(str(Path(data) / "corpus.jsonl"))
 
 
-def load_train_data(data: str | Path, split: str = "train", dev_queries: int = 0, need_train: bool = True) -> TrainData:
-    """Queries and qrels of ``split`` with ``dev_queries`` of them carved off as the dev split
-    (``need_train=False``: they may be all of them; see ``split_dev``)."""
+def _positive_qrels(qrels: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    kept = {q: {d: r for d, r in docs.items() if r > 0} for q, docs in qrels.items()}
+    return {q: docs for q, docs in kept.items() if docs}
+
+
+def load_train_data(data: str | Path, split: str = "train", dev_queries: int = 0, need_train: bool = True,
+                    dev_split: str = "") -> TrainData:
+    """Queries and qrels (graded, positives only) of ``split`` with ``dev_queries`` of them carved off as the dev
+    split (``need_train=False``: they may be all of them; see ``split_dev``).
+
+    With ``dev_split``, the dev queries are those of ``qrels/<dev_split>.tsv`` instead (``dev_queries`` > 0: a
+    seeded subset of that many), nothing is carved from ``split``, and a training query that is also a dev
+    query is dropped from training (with a warning)."""
     corpus = load_corpus_cached(data)
     ds = load_beir(data, split=split, corpus=corpus)
-    qrels = {q: {d: r for d, r in docs.items() if r > 0} for q, docs in ds.qrels.items()}
-    qrels = {q: docs for q, docs in qrels.items() if docs}
-    train, dev = split_dev(qrels, dev_queries, need_train=need_train) if dev_queries else (sorted(qrels), [])
+    qrels = _positive_qrels(ds.qrels)
+    if not dev_split:
+        train, dev = split_dev(qrels, dev_queries, need_train=need_train) if dev_queries else (sorted(qrels), [])
+        return TrainData(corpus, {q: ds.queries[q] for q in train}, {q: qrels[q] for q in train},
+                         {q: ds.queries[q] for q in dev}, {q: qrels[q] for q in dev})
+    if dev_split == split:
+        raise DretrieverError(f"dev_split: {dev_split!r} is the training split; choose another (e.g. dev)")
+    dev_ds = load_beir(data, split=dev_split, corpus=corpus)
+    dev_qrels = _positive_qrels(dev_ds.qrels)
+    dev = split_dev(dev_qrels, dev_queries, need_train=False)[1] if dev_queries else sorted(dev_qrels)
+    both = set(dev) & set(qrels)
+    if both:
+        log.warning("dev_split: %d of the %s queries are also %s queries; they are left out of training",
+                    len(both), split, dev_split)
+    train = [q for q in sorted(qrels) if q not in both]
+    if need_train and not train:
+        raise DretrieverError(f"dev_split: every {split} query is a {dev_split} query; no training queries left")
     return TrainData(corpus, {q: ds.queries[q] for q in train}, {q: qrels[q] for q in train},
-                     {q: ds.queries[q] for q in dev}, {q: qrels[q] for q in dev})
+                     {q: dev_ds.queries[q] for q in dev}, {q: dev_qrels[q] for q in dev})
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -92,6 +121,11 @@ class DevEvaluator:
     per dev query (from a mined-negatives file, when given), then a seeded random sample of the rest fills it
     up to ``corpus_size`` documents (0: the whole corpus). The first two parts are always kept, so the
     corpus can exceed ``corpus_size``.
+
+    When training cannot change the document vectors (ADORE: documents are the fixed index vectors),
+    :meth:`fix_documents` hands over those vectors once and no evaluation encodes a document again. Each
+    evaluation reports its seconds for queries and documents (``eval_queries_s``, ``eval_docs_s``) and how
+    many documents it encoded (``dev_docs_encoded``).
     """
 
     def __init__(self, corpus: dict[str, Document], queries: dict[str, str], qrels: dict[str, dict[str, int]],
@@ -114,12 +148,27 @@ class DevEvaluator:
             ids = list(chosen)
         self.doc_ids = ids
         self.doc_texts = [corpus[d].contents for d in ids]
+        self.doc_vectors: np.ndarray | None = None
+
+    def fix_documents(self, vectors: np.ndarray) -> None:
+        """Use ``vectors`` (one row per ``doc_ids`` entry, in order) for every evaluation instead of encoding."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape[0] != len(self.doc_ids):
+            raise DretrieverError(f"dev corpus: {vectors.shape[0]} fixed vectors for {len(self.doc_ids)} documents")
+        self.doc_vectors = vectors
 
     def __call__(self, encoder) -> dict[str, float]:
         qids = list(self.queries)
+        t0 = time.perf_counter()
         q = encoder.encode_queries([self.queries[x] for x in qids], batch_size=self.batch_size, precision=self.precision)
-        d = encoder.encode_docs(self.doc_texts, batch_size=self.batch_size, precision=self.precision)
-        scores = q @ d.T
+        t1 = time.perf_counter()
+        if self.doc_vectors is not None:
+            d, encoded = self.doc_vectors, 0
+        else:
+            d = encoder.encode_docs(self.doc_texts, batch_size=self.batch_size, precision=self.precision)
+            encoded = len(self.doc_texts)
+        t2 = time.perf_counter()
+        scores = q.astype(np.float32) @ d.astype(np.float32).T
         k = min(100, scores.shape[1])
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         ndcg, recall, mrr = [], [], []
@@ -131,4 +180,5 @@ class DevEvaluator:
             recall.append(recall_at_k(ranked, rels, 100))
             mrr.append(next((1 / (r + 1) for r, x in enumerate(ranked[:10]) if rels.get(x, 0) > 0), 0.0))
         return {"dev_ndcg@10": float(np.mean(ndcg)), "dev_recall@100": float(np.mean(recall)),
-                "dev_mrr@10": float(np.mean(mrr)), "dev_docs": len(self.doc_ids)}
+                "dev_mrr@10": float(np.mean(mrr)), "dev_docs": len(self.doc_ids), "dev_docs_encoded": encoded,
+                "eval_queries_s": round(t1 - t0, 3), "eval_docs_s": round(t2 - t1, 3)}

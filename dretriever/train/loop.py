@@ -204,7 +204,7 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
                      state["batch_in_epoch"])
 
     logger = _Logger(args.log_path, main)
-    evaluator = _dev_evaluator(args) if main and args.dev_queries else None
+    evaluator = _dev_evaluator(args, method) if main and args.has_dev else None
     if main:
         write_json_atomic(out / "train_args.json", {"command": command, "method": method_args_dict(method),
                                                     "train": vars(args), "world_size": world})
@@ -217,7 +217,10 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
                 metrics = evaluator(encoder)
             metrics.update(step=state["step"], epoch=state["epoch"], eval_s=round(time.time() - t, 1))
             logger.write(metrics)
-            log.info("dev at step %d: %s", state["step"], {k: v for k, v in metrics.items() if k.startswith("dev")})
+            log.info("dev at step %d (%.1f s: queries %.1f s, %d documents encoded in %.1f s): %s", state["step"],
+                     metrics["eval_s"], metrics.get("eval_queries_s", 0.0), metrics.get("dev_docs_encoded", 0),
+                     metrics.get("eval_docs_s", 0.0),
+                     {k: v for k, v in metrics.items() if k.startswith("dev") and k != "dev_docs_encoded"})
             if state["best"] is None or metrics["dev_ndcg@10"] > state["best"]:
                 state["best"], state["best_step"] = metrics["dev_ndcg@10"], state["step"]
                 with model_lengths():
@@ -251,7 +254,7 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
-    if resumed is None and args.dev_queries and args.eval_at_start:  # the starting model's dev score, for reference
+    if resumed is None and args.has_dev and args.eval_at_start:  # the starting model's dev score, for reference
         evaluate()
 
     bar = tqdm(total=total, initial=state["step"], disable=not (main and args.progress), desc=f"train {args.method}",
@@ -414,13 +417,26 @@ def _save_encoder(encoder: BiEncoder, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _dev_evaluator(args: TrainArgs):
+def _dev_evaluator(args: TrainArgs, method=None):
+    """The dev evaluator; a method whose training cannot change the document vectors supplies them once
+    (``method.dev_doc_vectors(doc_ids)``, returning None to fall back to encoding), so no evaluation
+    re-encodes documents."""
     from ..data.negatives import read_negatives
     from .data import DevEvaluator, load_train_data
 
     if not args.data:
         raise DretrieverError("data: dev_queries needs a BEIR dataset folder in data")
-    data = load_train_data(args.data, args.train_split, args.dev_queries, need_train=False)  # dev only
+    data = load_train_data(args.data, args.train_split, args.dev_queries, need_train=False,  # dev only
+                           dev_split=args.dev_split)
     hard = read_negatives(args.dev_negatives)[0] if args.dev_negatives else None
-    return DevEvaluator(data.corpus, data.dev_queries, data.dev_qrels, corpus_size=args.dev_corpus, hard=hard,
-                        candidates=args.dev_candidates, batch_size=args.eval_batch_size, precision=args.precision)
+    evaluator = DevEvaluator(data.corpus, data.dev_queries, data.dev_qrels, corpus_size=args.dev_corpus, hard=hard,
+                             candidates=args.dev_candidates, batch_size=args.eval_batch_size, precision=args.precision)
+    fixed = getattr(method, "dev_doc_vectors", None)
+    if fixed is not None:
+        t = time.time()
+        vectors = fixed(evaluator.doc_ids)
+        if vectors is not None:
+            evaluator.fix_documents(vectors)
+            log.info("dev corpus: %d fixed document vectors taken from the method (%.1f s); documents are never "
+                     "re-encoded", len(evaluator.doc_ids), time.time() - t)
+    return evaluator

@@ -2,6 +2,10 @@
 
 A method supplies its batches and its loss; the loop owns everything else (accelerate, optimisation,
 accumulation, autocast, checkpoints, resume, logging, evaluation, saving).
+
+Optional: a method whose training cannot change the document vectors (ADORE) defines
+``dev_doc_vectors(doc_ids) -> np.ndarray | None``; the loop's dev evaluation then scores against those
+vectors and never encodes a dev document (None: encode as usual).
 """
 
 from __future__ import annotations

@@ -6,10 +6,17 @@
   each cluster's queries are shuffled and cut into chunks of ``batch_size // clusters_per_batch``; the
   chunks are shuffled and grouped, ``clusters_per_batch`` chunks of distinct clusters per batch. Every
   query is used once per epoch; a cluster's last chunk (and so its batch) can be smaller.
-* :class:`BalancedMarginSampler` draws, for one query, a (positive, negative) pair: the teacher margins
-  ``t(pos) - t(neg)`` of the query's pairs are put into ``bins`` equal-width bins over their range, a
-  non-empty bin is drawn uniformly, then a pair inside it uniformly. Pairs of every margin size are
-  drawn equally often, instead of the many low-margin ones dominating.
+* :class:`BalancedMarginSampler` draws, for one query, a (positive, negative) pair: first one of the
+  query's positives, uniformly (a fresh draw every epoch), then the teacher margins ``t(pos) - t(neg)`` of
+  that positive's pairs are put into ``bins`` equal-width bins over their range, a non-empty bin is drawn
+  uniformly, then a pair inside it uniformly. Pairs of every margin size are drawn equally often, instead
+  of the many low-margin ones dominating.
+
+Many positives: drawing the positive first gives every positive of a query the same chance whatever its
+margins, and the pairs are never materialised (:class:`QueryPairs` keeps the positives and the negatives;
+NFCorpus's 42.7 judged documents per query times 100 negatives would be ~11 million pairs). With one
+positive per query the draws are exactly those of binning all the query's pairs (earlier versions), since
+the positive draw only happens when there is more than one.
 
 Both are deterministic given the seed and the epoch (and, for pairs, the query).
 """
@@ -96,29 +103,88 @@ class Pair:
         return self.teacher_pos - self.teacher_neg
 
 
-class BalancedMarginSampler:
-    """Per query: bin the teacher margins of its (positive, negative) pairs and sample bin, then pair."""
+@dataclass
+class QueryPairs:
+    """Every (positive, negative) pair of one query, kept as its two lists of ``(document, teacher score)``.
 
-    def __init__(self, pairs: dict[str, list[Pair]], bins: int = 10, seed: int = 0):
+    Iterating gives the :class:`Pair` objects positive by positive (each against every negative, in order)."""
+    positives: list[tuple[str, float]]
+    negatives: list[tuple[str, float]]
+
+    def __iter__(self):
+        for p, tp in self.positives:
+            for n, tn in self.negatives:
+                yield Pair(p, n, tp, tn)
+
+    def __len__(self) -> int:
+        return len(self.positives) * len(self.negatives)
+
+    def documents(self) -> set[str]:
+        return {d for d, _ in self.positives} | {d for d, _ in self.negatives}
+
+
+@dataclass
+class _Group:
+    """One positive of a query and its negatives; ``t_pos`` is a scalar (QueryPairs) or per negative."""
+    positive: str
+    negatives: list[str]
+    t_pos: float | np.ndarray
+    t_neg: np.ndarray
+
+    @property
+    def margins(self) -> np.ndarray:
+        return np.asarray(self.t_pos, dtype=np.float64) - self.t_neg
+
+    def pair(self, k: int) -> Pair:
+        tp = self.t_pos if np.ndim(self.t_pos) == 0 else self.t_pos[k]
+        return Pair(self.positive, self.negatives[k], float(tp), float(self.t_neg[k]))
+
+
+def _groups(pairs) -> list[_Group]:
+    if isinstance(pairs, QueryPairs):
+        neg_ids = [d for d, _ in pairs.negatives]
+        t_neg = np.array([t for _, t in pairs.negatives], dtype=np.float64)
+        return [_Group(p, neg_ids, float(tp), t_neg) for p, tp in pairs.positives] if neg_ids else []
+    by_pos: dict[str, list[Pair]] = {}
+    for x in pairs:
+        by_pos.setdefault(x.positive, []).append(x)
+    return [_Group(p, [x.negative for x in ps], np.array([x.teacher_pos for x in ps], dtype=np.float64),
+                   np.array([x.teacher_neg for x in ps], dtype=np.float64)) for p, ps in by_pos.items()]
+
+
+class BalancedMarginSampler:
+    """Per query: draw a positive, bin the teacher margins of its pairs, and sample a bin, then a pair.
+
+    ``pairs`` maps each query to its :class:`QueryPairs` or to a list of :class:`Pair` (grouped by positive,
+    in order of first appearance)."""
+
+    def __init__(self, pairs: dict[str, QueryPairs | list[Pair]], bins: int = 10, seed: int = 0):
         if bins < 1:
             raise DretrieverError(f"margin_bins: must be positive, got {bins}")
-        empty = [q for q, p in pairs.items() if not p]
+        self.groups = {q: _groups(p) for q, p in pairs.items()}
+        empty = [q for q, g in self.groups.items() if not g]
         if empty:
             raise DretrieverError(f"no (positive, negative) pair for query {empty[0]!r}")
-        self.pairs, self.nbins, self.seed = pairs, bins, seed
-        self.bins = {q: self.bin_pairs(p, bins) for q, p in pairs.items()}
+        self.nbins, self.seed = bins, seed
+
+    @staticmethod
+    def bin_margins(margins: np.ndarray, bins: int) -> list[list[int]]:
+        """Indices per equal-width margin bin (empty bins dropped), lowest margins first."""
+        margins = np.asarray(margins, dtype=np.float64)
+        lo, hi = margins.min(), margins.max()
+        if hi - lo <= 0:
+            return [list(range(len(margins)))]
+        which = np.minimum(((margins - lo) / (hi - lo) * bins).astype(int), bins - 1)
+        return [np.flatnonzero(which == b).tolist() for b in range(bins) if (which == b).any()]
 
     @staticmethod
     def bin_pairs(pairs: list[Pair], bins: int) -> list[list[int]]:
         """Indices of ``pairs`` per equal-width margin bin (empty bins dropped), lowest margins first."""
-        margins = np.array([p.margin for p in pairs], dtype=np.float64)
-        lo, hi = margins.min(), margins.max()
-        if hi - lo <= 0:
-            return [list(range(len(pairs)))]
-        which = np.minimum(((margins - lo) / (hi - lo) * bins).astype(int), bins - 1)
-        return [np.flatnonzero(which == b).tolist() for b in range(bins) if (which == b).any()]
+        return BalancedMarginSampler.bin_margins(np.array([p.margin for p in pairs], dtype=np.float64), bins)
 
     def sample(self, qid: str, epoch: int, draw: int = 0) -> Pair:
         rng = random.Random(f"{self.seed}:{epoch}:{qid}:{draw}")
-        bin_ = rng.choice(self.bins[qid])
-        return self.pairs[qid][rng.choice(bin_)]
+        groups = self.groups[qid]
+        group = groups[rng.randrange(len(groups))] if len(groups) > 1 else groups[0]
+        bin_ = rng.choice(self.bin_margins(group.margins, self.nbins))
+        return group.pair(rng.choice(bin_))

@@ -10,6 +10,13 @@ averaged over all valid (query, positive, negative) pairs; pairs whose negative 
 query are masked out. ``loss: softmax`` swaps in one cross-entropy per query over the same candidates
 (the listwise loss of DPR / sentence-transformers' MultipleNegativesRankingLoss) for comparison.
 
+Many positives: each query takes one of its judged positives per epoch, drawn uniformly by a generator
+seeded with the seed and the epoch (so every positive gets its turn over the epochs, never always the
+first); its other relevant documents are masked wherever they appear in the batch (as other queries'
+positives or as hard negatives, which are mined with the positives excluded), and the loss is a mean over
+queries of each query's mean over its valid pairs, so a query with many positives weighs as much as one
+with a single positive and the loss keeps its scale.
+
 Differences from DRhard: AdamW + linear warm-up/decay rather than LAMB; a temperature on the scores,
 since our encoders L2-normalise (DRhard's RoBERTa uses the raw inner product, i.e. temperature 1).
 """
@@ -76,7 +83,7 @@ class Star(MethodBase):
         ta = self.train_args
         if not ta.data:
             raise DretrieverError("data: STAR needs a BEIR dataset folder with qrels/<train_split>.tsv")
-        self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries)
+        self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries, dev_split=ta.dev_split)
         negatives, _ = read_negatives(self.args.negatives)
         self.pool: dict[str, list[str]] = {}
         for qid in self.data.queries:
@@ -105,7 +112,7 @@ class Star(MethodBase):
         for start in range(0, len(order) - self.global_batch + 1, self.global_batch):
             items = []
             for qid in order[start:start + self.global_batch]:
-                pos = rng.choice(sorted(self.data.positives(qid)))
+                pos = rng.choice(sorted(self.data.positives(qid)))  # one positive per query per epoch, seeded
                 pool = self.pool[qid]
                 k = min(self.args.hard_negatives, len(pool))
                 negs = rng.sample(pool, k) if k else []

@@ -4,10 +4,11 @@ Aware Sampling", SIGIR 2021).
 * Topic-aware sampling: the training queries are clustered once, before training, with k-means on
   their embeddings by the starting model (``n_clusters``); every batch is drawn from
   ``clusters_per_batch`` clusters (:class:`dretriever.train.samplers.ClusterBatchSampler`).
-* Balanced margin sampling: per query, the (positive, negative) pairs get the pairwise teacher's margin
+* Balanced margin sampling: per query and epoch, one of its positives is drawn uniformly (seeded by the
+  seed, the epoch and the query), its pairs with the negatives get the pairwise teacher's margin
   ``t(pos) - t(neg)``; margins are put into ``margin_bins`` bins, a bin is drawn uniformly, then a pair
-  in it (:class:`dretriever.train.samplers.BalancedMarginSampler`). Positives are the judged documents;
-  negatives are the teacher's top ``negative_depth`` candidates not judged relevant.
+  in it (:class:`dretriever.train.samplers.BalancedMarginSampler`). Positives are the judged documents
+  the teacher scored; negatives are the teacher's top ``negative_depth`` candidates not judged relevant.
 * Dual supervision: Margin-MSE against the pairwise teacher (scores from ``dretriever teacher``:
   usually a cross-encoder; here any teacher file) plus ``inbatch_weight`` (0.75) times an in-batch loss
   against a second teacher that scores every (query, document) pair of the batch: Margin-MSE of each
@@ -20,6 +21,13 @@ Scales: the student's scores are ``student_scale * q . d`` (cosine for normalise
 scores are multiplied by ``teacher_scale`` / ``inbatch_teacher_scale`` so that margins are comparable.
 A document judged relevant to a query is never an in-batch negative of that query (masked).
 In-batch negatives are this process's batch (TAS-B trained on one GPU).
+
+Many positives: each query contributes one sampled pair per epoch, whatever its number of positives, and
+every positive has the same chance of being that pair's positive (drawn before the margin bin, so a
+positive with many low-margin pairs is not favoured); the pair loss is a mean over queries and the
+in-batch loss a mean over queries of each query's mean over its valid (unmasked) columns, so neither
+grows with the positives. The pairs are never listed one by one (:class:`~dretriever.train.samplers.
+QueryPairs`). With one positive per query the draws are exactly those of earlier versions.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from .config import check_file
 from .data import load_train_data
 from .losses.kl import kl_distill
 from .losses.margin_mse import inbatch_margin_mse, margin_mse
-from .samplers import BalancedMarginSampler, ClusterBatchSampler, Pair, cluster_queries
+from .samplers import BalancedMarginSampler, ClusterBatchSampler, QueryPairs, cluster_queries
 from .method import MethodBase
 
 log = logging.getLogger(__name__)
@@ -79,15 +87,17 @@ ARGS = TasBalancedArgs
 
 
 def build_pairs(teacher: dict[str, list[tuple[str, float]]], qrels: dict[str, dict[str, int]], depth: int,
-                scale: float = 1.0) -> dict[str, list[Pair]]:
-    """Per query, every (judged positive, top-``depth`` unjudged candidate) pair scored by the teacher."""
-    pairs: dict[str, list[Pair]] = {}
+                scale: float = 1.0) -> dict[str, QueryPairs]:
+    """Per query, every (judged positive, top-``depth`` unjudged candidate) pair scored by the teacher, kept as
+    the two lists (iterating a :class:`QueryPairs` gives the pairs)."""
+    pairs: dict[str, QueryPairs] = {}
     for qid, judged in qrels.items():
         scored = dict(teacher.get(qid, []))
         positives = [d for d, r in judged.items() if r > 0 and d in scored]
         negatives = [d for d, _ in teacher.get(qid, []) if d not in judged][:depth]
         if positives and negatives:
-            pairs[qid] = [Pair(p, n, scale * scored[p], scale * scored[n]) for p in positives for n in negatives]
+            pairs[qid] = QueryPairs([(p, scale * scored[p]) for p in positives],
+                                    [(n, scale * scored[n]) for n in negatives])
     return pairs
 
 
@@ -103,7 +113,7 @@ class TasBalanced(MethodBase):
         a, ta = self.args, self.train_args
         if not ta.data:
             raise DretrieverError("data: TAS-Balanced needs a BEIR dataset folder with qrels/<train_split>.tsv")
-        self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries)
+        self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries, dev_split=ta.dev_split)
         teacher = read_teacher_scores(a.teacher)
         unknown = sorted({d for hits in teacher.values() for d, _ in hits} - set(self.data.corpus))
         if unknown:
@@ -125,7 +135,7 @@ class TasBalanced(MethodBase):
         self.sampler = ClusterBatchSampler(self.clusters, ta.batch_size * self.world, a.clusters_per_batch, ta.seed)
         self.inbatch = self._inbatch_teacher(pairs) if a.inbatch_teacher and a.inbatch_weight > 0 else None
 
-    def _inbatch_teacher(self, pairs: dict[str, list[Pair]]):
+    def _inbatch_teacher(self, pairs: dict[str, QueryPairs]):
         """Vectors of the in-batch teacher: every training query and every document a pair can draw."""
         from ..encoder import BiEncoder
         from ..index.sharded import ShardedIndex
@@ -133,7 +143,7 @@ class TasBalanced(MethodBase):
 
         a, ta = self.args, self.train_args
         teacher = BiEncoder.from_pretrained(a.inbatch_teacher)
-        docs = sorted({d for ps in pairs.values() for p in ps for d in (p.positive, p.negative)})
+        docs = sorted({d for ps in pairs.values() for d in ps.documents()})
         if a.inbatch_teacher_index:
             from ..search.dense import check_encoder
 

@@ -3,6 +3,20 @@
 ``contrastive_loss(q, d, labels, t)`` = mean_i -log softmax(q_i . d / t)[labels_i]. With documents
 gathered from all processes, ``labels`` must point into the gathered matrix: see
 :func:`dretriever.train.distributed.gathered_labels`.
+
+Many positives: one labelled positive per row and a mean over rows, so every query weighs the same however
+many relevant documents it has; columns holding its other relevant documents should be dropped with
+``mask`` (STAR's ``loss: softmax`` does) rather than counted as negatives. Contriever's pairs (two crops of
+one chunk) have exactly one positive each.
+
+References:
+    van den Oord et al., "Representation Learning with Contrastive Predictive Coding" (2018): InfoNCE.
+    He et al., "Momentum Contrast for Unsupervised Visual Representation Learning" (CVPR 2020): MoCo.
+    Izacard et al., "Unsupervised Dense Information Retrieval with Contrastive Learning" (2021): Contriever.
+
+Inputs:
+    q (B, h) queries; d (M, h) documents; labels (B,) long, the column of each row's positive; mask (B, M)
+    bool (optional, True drops an entry from the softmax).
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ averaged over rows. TAS-Balanced's option in place of the in-batch Margin-MSE (t
 each query against every document of the batch), and the listwise loss of RocketQAv2-style
 distillation.
 
+Many positives: the loss is a mean over rows (queries) of one KL each, so a query's weight does not depend
+on how many of its relevant documents the batch holds; mask the columns of its other relevant documents
+(TAS-Balanced does) so that they are not pushed down as negatives.
+
 References:
     Hinton et al., "Distilling the Knowledge in a Neural Network" (2015).
     Hofstätter et al., "Efficiently Teaching an Effective Dense Retriever with Balanced Topic Aware

@@ -7,10 +7,17 @@ Pairwise (Hofstätter et al., 2020): for a query q with a positive p and a negat
 In-batch (TAS-Balanced's second teacher, Hofstätter et al., 2021): every document of the batch is a
 negative for every query; for query i with its positive at column ``pos_i`` of the (B, M) score matrix,
 
-    loss = mean over valid (i, j != pos_i) of ((S[i,pos_i] - S[i,j]) - (T[i,pos_i] - T[i,j]))^2
+    loss_i = mean over valid j != pos_i of ((S[i,pos_i] - S[i,j]) - (T[i,pos_i] - T[i,j]))^2
+    loss   = mean of loss_i over the rows with at least one valid column
 
 Only margins are matched, so the teacher's scores may be shifted by any per-query constant; their
 scale must match the student's (see the ``*_scale`` arguments of TAS-Balanced).
+
+Many positives: the pairwise loss takes one (positive, negative) pair per query (TAS-Balanced samples it),
+so it does not grow with the positives. In-batch, the columns holding other documents relevant to the
+query are masked; the per-row mean keeps a query with many masked columns (many positives in the batch)
+at the same weight as any other (earlier versions took one mean over all valid entries, which equals the
+per-row mean when every row has the same number of valid columns).
 
 References:
     Hofstätter et al., "Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge
@@ -40,7 +47,8 @@ def margin_mse(student_pos: torch.Tensor, student_neg: torch.Tensor, teacher_pos
 
 def inbatch_margin_mse(student: torch.Tensor, teacher: torch.Tensor, positive_index: torch.Tensor,
                        mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Margin-MSE of each row's positive column against every other valid column, averaged over pairs."""
+    """Margin-MSE of each row's positive column against every other valid column: the mean over a row's
+    valid columns, then over the rows that have one."""
     rows = torch.arange(student.shape[0], device=student.device)
     teacher = teacher.to(student.dtype)
     s_margin = student[rows, positive_index].unsqueeze(1) - student
@@ -49,7 +57,10 @@ def inbatch_margin_mse(student: torch.Tensor, teacher: torch.Tensor, positive_in
     valid[rows, positive_index] = False
     if not valid.any():
         return student.sum() * 0.0
-    return ((s_margin - t_margin) ** 2)[valid].mean()
+    err = torch.where(valid, (s_margin - t_margin) ** 2, torch.zeros_like(student))
+    count = valid.sum(1)
+    has = count > 0
+    return (err.sum(1)[has] / count[has].to(err.dtype)).mean()
 
 
 class MarginMSELoss(nn.Module):

@@ -1,27 +1,44 @@
-"""RankNet pairwise loss weighted by the metric change of a swap (LambdaLoss style), as ADORE uses it.
+"""RankNet pairwise loss weighted by the metric change of a swap (LambdaRank / LambdaLoss style), as ADORE uses it.
 
-For each query, every pair (i relevant, j not relevant) among its candidates contributes
+For each query, every pair (i, j) of its candidates with ``rel_i > rel_j`` contributes
 
-    w_ij * log(1 + exp(-(s_i - s_j)))        with    w_ij = |g(r_i) - g(r_j)|
+    w_ij * log(1 + exp(-(s_i - s_j)))
 
-where ``r`` is the (1-based) rank of the candidate in the retrieval the query just made and ``g`` is
-the rank discount of the target metric, zero beyond the metric cut: ``g(r) = 1/r`` (reciprocal, as in
-MRR@cut and ADORE's weighting) or ``g(r) = 1/log2(r+1)`` (DCG), and ``g(r) = 0`` for ``r > cut``.
-Pairs whose documents both lie beyond the cut weigh nothing; a relevant document ranked below the cut
-is pulled up against the irrelevant ones above the cut.
+and the query's loss is the sum over its pairs divided by ``P``, its number of relevant candidates
+(``rel > 0``); the batch loss is the mean over queries. The weight is the change of nDCG@cut when i and j
+swap ranks (LambdaRank's ΔnDCG):
 
-The loss is the weighted sum over pairs divided by the number of queries.
+    w_ij = |G(rel_i) - G(rel_j)| * |g(r_i) - g(r_j)| / IDCG,       G(rel) = 2^rel - 1
+
+where ``r`` is the (1-based) rank of the candidate in the retrieval the query just made, ``g`` the rank
+discount of the target metric, zero beyond the metric cut (``g(r) = 1/r``: reciprocal, ADORE's MRR
+weighting; ``g(r) = 1/log2(r+1)``: DCG), and IDCG the best DCG@cut the query's judged grades allow
+(:func:`ideal_dcg`). Pairs whose documents both lie beyond the cut weigh nothing; a relevant document
+ranked below the cut is pulled up against the documents above the cut that it outranks in relevance.
+
+Many positives: graded pairs between two relevant documents count too (rel 2 over rel 1); IDCG makes the
+weights independent of the gain scale, and the division by ``P`` makes a query's loss a mean over its
+positives, so it is bounded by the one-positive bound (``N`` candidates x the largest softplus) whatever
+the number of positives: a query with 1,000 positives weighs no more than one with 1. With one positive
+of any grade, IDCG = G(rel) * g(1) = G(rel) and P = 1, so the loss is exactly the binary, unnormalised
+``|g(r_i) - g(r_j)|``-weighted sum of earlier versions.
+
+Without ``relevance`` (``lambda_weights(ranks, cut, discount)``) the weights are the binary
+``|g(r_i) - g(r_j)|`` (no gains, no IDCG); the division by ``P`` still applies in :func:`ranknet_loss`.
 
 References:
     Burges et al., "Learning to Rank using Gradient Descent" (ICML 2005): RankNet.
+    Burges, "From RankNet to LambdaRank to LambdaMART: An Overview" (MSR-TR-2010-82): ΔnDCG weights.
     Wang et al., "The LambdaLoss Framework for Ranking Metric Optimization" (CIKM 2018).
     Zhan et al., "Optimizing Dense Retrieval Model Training with Hard Negatives" (SIGIR 2021): ADORE.
 
 Inputs (batch of ``B`` queries, ``N`` candidates each, padded):
-    scores  (B, N) float   student scores (query embedding . fixed document embedding)
-    labels  (B, N) bool    candidate is relevant
-    ranks   (B, N) int     1-based rank of the candidate in the detached retrieval
-    mask    (B, N) bool    real candidate (False for padding); optional
+    scores     (B, N) float  student scores (query embedding . fixed document embedding)
+    labels     (B, N) int    graded relevance of the candidate (0: not relevant); bool is read as 0/1
+    ranks      (B, N) int    1-based rank of the candidate in the detached retrieval
+    mask       (B, N) bool   real candidate (False for padding); optional
+    ideal      (B,)   float  IDCG@cut of each query from all its judged grades; optional (default: from the
+                             candidates' grades, which is exact when every positive is a candidate)
 """
 
 from __future__ import annotations
@@ -47,29 +64,58 @@ def rank_gain(ranks: torch.Tensor, cut: int | None = None, discount: str = "reci
     return gain
 
 
-def lambda_weights(ranks: torch.Tensor, cut: int | None = None, discount: str = "reciprocal") -> torch.Tensor:
-    """(B, N, N) weights ``|g(r_i) - g(r_j)|`` of swapping candidates i and j."""
-    gain = rank_gain(ranks, cut, discount)
-    return (gain.unsqueeze(2) - gain.unsqueeze(1)).abs()
+def relevance_gain(relevance: torch.Tensor) -> torch.Tensor:
+    """``G(rel) = 2^rel - 1`` (0 for irrelevant, 1 for grade 1, 3 for grade 2)."""
+    return torch.pow(2.0, relevance.to(torch.float32)) - 1.0
+
+
+def ideal_dcg(relevance: torch.Tensor, cut: int | None = None, discount: str = "reciprocal") -> torch.Tensor:
+    """(B,) best DCG@cut of each row of grades (B, K) (0-padded): gains sorted down, discounted by rank."""
+    grades = relevance.to(torch.float32).clamp(min=0).sort(dim=1, descending=True).values
+    ranks = torch.arange(1, grades.shape[1] + 1, device=grades.device).expand_as(grades)
+    return (relevance_gain(grades) * rank_gain(ranks, cut, discount)).sum(1)
+
+
+def lambda_weights(ranks: torch.Tensor, cut: int | None = None, discount: str = "reciprocal",
+                   relevance: torch.Tensor | None = None, ideal: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, N, N) weights of swapping candidates i and j.
+
+    With ``relevance`` (B, N) grades: ΔnDCG, ``|G_i - G_j| |g(r_i) - g(r_j)| / IDCG`` (``ideal`` (B,) or
+    :func:`ideal_dcg` of ``relevance``; rows with IDCG 0 weigh 0). Without: ``|g(r_i) - g(r_j)|``.
+    """
+    disc = rank_gain(ranks, cut, discount)
+    w = (disc.unsqueeze(2) - disc.unsqueeze(1)).abs()
+    if relevance is None:
+        return w
+    gain = relevance_gain(relevance)
+    w = w * (gain.unsqueeze(2) - gain.unsqueeze(1)).abs()
+    if ideal is None:
+        ideal = ideal_dcg(relevance, cut, discount)
+    ideal = ideal.to(w.dtype).to(w.device)
+    scale = torch.where(ideal > 0, 1.0 / ideal.clamp(min=1e-12), torch.zeros_like(ideal))
+    return w * scale.view(-1, 1, 1)
 
 
 def ranknet_loss(scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted RankNet loss over (relevant i, irrelevant j) pairs, summed per query, averaged over queries.
+    """Weighted RankNet loss over pairs with ``labels_i > labels_j``: per query the sum over its pairs divided
+    by its number of relevant candidates, then the mean over queries (a query without pairs counts as 0).
 
     ``weights`` is (B, N, N) (``lambda_weights``) or None for the plain RankNet loss (all pairs weigh 1).
     """
-    labels = labels.bool()
+    rel = labels.to(torch.float32)
     if mask is None:
-        mask = torch.ones_like(labels)
+        mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
     mask = mask.bool()
-    pairs = (labels & mask).unsqueeze(2) & (~labels & mask).unsqueeze(1)  # (B, N, N): i relevant, j not
+    valid = mask.unsqueeze(2) & mask.unsqueeze(1)
+    pairs = valid & (rel.unsqueeze(2) > rel.unsqueeze(1))  # (B, N, N): i more relevant than j
     diff = scores.unsqueeze(2) - scores.unsqueeze(1)  # s_i - s_j
     per_pair = F.softplus(-diff)  # -log sigmoid(s_i - s_j)
-    if weights is not None:
-        per_pair = per_pair * weights
+    if weights is not None:  # zeroed off the pairs first, so a non-finite weight elsewhere cannot reach a gradient
+        per_pair = per_pair * torch.where(pairs, weights.to(per_pair.dtype), torch.zeros_like(per_pair))
     per_pair = torch.where(pairs, per_pair, torch.zeros_like(per_pair))
-    return per_pair.sum() / scores.shape[0]
+    positives = ((rel > 0) & mask).sum(1).clamp(min=1).to(per_pair.dtype)
+    return (per_pair.sum((1, 2)) / positives).mean()
 
 
 class RankNetLoss(nn.Module):
@@ -88,8 +134,13 @@ class RankNetLoss(nn.Module):
         self.cut, self.discount, self.weighted = cut, discount, weighted
 
     def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, labels: torch.Tensor, ranks: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``query_emb`` (B, D), ``doc_emb`` (B, N, D) (no gradient needed), labels/ranks/mask (B, N)."""
+                mask: torch.Tensor | None = None, ideal: torch.Tensor | None = None) -> torch.Tensor:
+        """``query_emb`` (B, D), ``doc_emb`` (B, N, D) (no gradient needed), labels (grades)/ranks/mask (B, N),
+        ``ideal`` (B,) optional IDCG@cut."""
         scores = torch.einsum("bd,bnd->bn", query_emb, doc_emb.to(query_emb.dtype))
-        weights = lambda_weights(ranks, self.cut, self.discount) if self.weighted else None
+        if self.weighted:
+            grades = labels.to(torch.float32) * (mask.float() if mask is not None else 1.0)
+            weights = lambda_weights(ranks, self.cut, self.discount, grades, ideal)
+        else:
+            weights = None
         return ranknet_loss(scores, labels, weights, mask)
