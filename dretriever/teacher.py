@@ -126,7 +126,8 @@ class Bm25Scorer:
 
     def __init__(self, ds: BeirDataset, index_root: str | Path):
         from . import pyserini_env
-        from .search.bm25 import BM25Searcher, build_bm25_index
+        from .index.bm25 import build_bm25_index
+        from .search.bm25 import BM25Searcher
 
         root = build_bm25_index(ds.corpus, Path(index_root) / f"{ds.name}.bm25-flat")
         self.searcher = BM25Searcher(root)

@@ -223,7 +223,7 @@ def test_kill_during_build_resumes_without_lost_or_duplicated_passages(tmp_path,
     proc.wait()
     proc.stderr.close()
     before = mf.read_manifest(out)
-    assert not before["complete"] and before["shards"][-1]["state"] == "pending"
+    assert not before["complete"] and before["shards"][-1]["state"] == "staged"
 
     assert cli_main(["datastore", "build", *args, "--output", str(out)]) == 0
     after = mf.read_manifest(out)

@@ -109,17 +109,29 @@ def test_kill_9_then_rerun_completes_without_reencoding(scifact_small, tmp_path)
     assert len(ShardedIndex.open(out)) == len(ids)
 
 
-def test_tampered_shard_is_rebuilt(scifact_small, tiny_model, tmp_path):
+def test_tampered_shard_is_caught_and_rebuilt(scifact_small, tiny_model, tmp_path):
     out = tmp_path / "idx"
     first = build(scifact_small / "corpus.jsonl", tiny_model, out, shards=2)
-    with open(out / "shard-00001" / "docid", "a") as f:
+    with open(out / "shard-00001" / "docid", "a") as f:  # a size change: caught by every open
         f.write("junk\n")
-    with pytest.raises(DretrieverError, match="checksums"):
+    with pytest.raises(DretrieverError, match="docid has .* bytes, the manifest says"):
         ShardedIndex.open(out)
     again = build(scifact_small / "corpus.jsonl", tiny_model, out, shards=2)
     assert again["shards"][0]["finished_at"] == first["shards"][0]["finished_at"]
     assert again["shards"][1]["sha256"] == first["shards"][1]["sha256"]
+    assert again["shards"][1]["encode_runs"][0]["run"] != first["shards"][1]["encode_runs"][0]["run"]  # re-encoded
+
+    data = bytearray((out / "shard-00000" / "index").read_bytes())  # same size, one byte off: only sha256 sees it
+    data[-1] ^= 0xFF
+    (out / "shard-00000" / "index").write_bytes(bytes(data))
     assert len(ShardedIndex.open(out)) == len(load_corpus(scifact_small / "corpus.jsonl"))
+    with pytest.raises(DretrieverError, match="index does not match its sha256"):
+        ShardedIndex.open(out, verify=True)
+    done = run_cli("index", "verify", "--index", str(out))
+    assert done.returncode == 1 and "shard-00000: index does not match its sha256" in done.stdout
+    assert "shard-00001: ok" in done.stdout
+    build(scifact_small / "corpus.jsonl", tiny_model, out, shards=2)
+    assert run_cli("index", "verify", "--index", str(out)).returncode == 0
 
 
 def test_wrong_model_is_refused(scifact_small, tiny_model, tmp_path):

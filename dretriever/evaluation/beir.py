@@ -18,7 +18,8 @@ from ..data.beir import BeirDataset, ensure_dataset, load_beir
 from ..encoder import BiEncoder
 from ..errors import DretrieverError
 from ..index.build import build_index, corpus_source
-from ..search.bm25 import BM25Searcher, build_bm25_index
+from ..index.bm25 import build_bm25_index
+from ..search.bm25 import BM25Searcher
 from ..index.sharded import ShardedIndex
 from ..search.dense import DenseSearcher, check_encoder
 from ..search.fusion import fuse

@@ -1,27 +1,39 @@
-"""Sharded, resumable encoding of a corpus into Pyserini-format FAISS shards.
+"""Sharded, resumable building of Pyserini-format FAISS shards: one pass over the sources, chunk-level resume.
 
 Layout of an index folder::
 
-    manifest.json          encoder settings + fingerprint, faiss factory, per-shard state and sha256
-    trained.index          (IVF/PQ factories only) the empty index trained once on a sample across shards
-    shard-00000/index      faiss.write_index  }  exactly what pyserini's FaissSearcher loads
-    shard-00000/docid      one id per line     }
-    shard-00000/docs.sqlite                     doc store: hits carry title, text, metadata
+    manifest.json             encoder settings + fingerprint, faiss factory, per-shard state, sizes and sha256
+    trained.index             (IVF/PQ factories only) the empty index trained once on a sample across shards
+    shard-00000/index         faiss.write_index  }  exactly what pyserini's FaissSearcher loads
+    shard-00000/docid         one id per line     }
+    shard-00000/docid.offsets byte offset of each id (docids are looked up memory-mapped, never listed)
+    shard-00000/docs.sqlite   doc store: hits carry title, text, metadata
+    shard-00000/vectors.f16   (optional) full vectors for exact re-ranking, memory-mapped at search time
 
-Each shard is written in a temporary folder and renamed into place, then marked done in the manifest
-with its checksums. A rerun skips done shards. Under ``accelerate launch`` process ``r`` of ``w`` builds
-shards ``r, r+w, r+2w, ...``.
+A build runs in phases, each recorded in the manifest so that a killed build resumes where it stopped:
+
+1. **stage**: one pass over the source routes every row to its shard's staging folder
+   (``.shard-00000.partial/docs.sqlite``; precomputed vectors go to ``vectors.f32`` there). However many
+   shards, the sources are read once (``manifest["source_passes"]`` counts the passes).
+2. **train** (IVF/PQ): one quantizer trained on a sample drawn across all shards, shared by every shard.
+3. **encode**: each shard's passages are read back from its staging doc store in chunks of ``chunk_docs``;
+   each chunk's vectors are appended to ``vectors.f32`` and fsynced, then the manifest commits the chunk.
+   A kill loses at most the chunk in flight; ``encode_runs`` records which run encoded which rows.
+4. **finish**: the faiss index and docid files are written, checksums taken, the staging folder renamed to
+   ``shard-NNNNN`` and the shard marked done. A rerun skips done shards.
+
+Partial work lives only in dot-folders ending ``.partial`` or ``.tmp-PID`` and is never marked done.
+Under ``accelerate launch`` or ``torchrun``, rank 0 stages and trains; rank ``r`` of ``w`` then encodes
+and finishes shards ``r, r+w, r+2w, ...``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 import time
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -30,40 +42,68 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.beir import Document
-from ..encoder import BiEncoder
-from ..errors import DretrieverError
+from ..errors import DataError, DretrieverError
 from . import manifest as mf
-from .atomic import fsync_dir
+from . import vectors as vf
+from .atomic import fsync_dir, sha256_file
+from .docids import write_docids
 from .docstore import FILENAME as DOCSTORE
-from .docstore import DocStoreWriter
+from .docstore import DocStore, DocStoreWriter, DuplicateId
 
 log = logging.getLogger(__name__)
 TRAINED = "trained.index"
+PARTIAL = ".partial"
+FLUSH_ROWS = 2048  # rows buffered per shard while staging
+
+
+@dataclass
+class Batch:
+    """Rows read from a source: ``ids[j]`` goes to shard ``shards[j]``; ``docs`` (text) and/or ``vectors``."""
+
+    shards: np.ndarray
+    ids: list[str]
+    docs: list[Document | None]
+    vectors: np.ndarray | None = None
+    where: list[str] | None = None  # "file:line" of each row, for error messages
 
 
 @dataclass
 class ShardedSource:
-    """A corpus split into shards: ``docs(i)`` yields ``(docid, Document)`` for shard ``i``, same order each call."""
+    """A corpus read in one pass: ``batches()`` yields :class:`Batch` es routed to ``num_shards`` shards.
+
+    ``dim`` is set when the rows carry precomputed vectors (an import). ``locate(row_id)`` is called only
+    when a row id repeats: it returns the id to name in the error and where it first occurs (or None).
+    """
 
     num_shards: int
-    docs: Callable[[int], Iterable[tuple[str, Document]]]
+    batches: Callable[[], Iterable[Batch]]
     description: dict  # recorded in the manifest; a rerun must describe the same source
+    dim: int | None = None
+    locate: Callable[[str], tuple[str, str | None]] | None = None
+
+    @property
+    def has_vectors(self) -> bool:
+        return self.dim is not None
 
 
-def corpus_source(corpus: dict[str, Document], num_shards: int, description: dict) -> ShardedSource:
+def corpus_source(corpus: dict[str, Document], num_shards: int, description: dict,
+                  batch_rows: int = 1024) -> ShardedSource:
     """Split an in-memory corpus into ``num_shards`` contiguous, nearly equal shards."""
     if num_shards < 1:
         raise DretrieverError(f"shards: must be at least 1, got {num_shards}")
     ids = list(corpus)
     bounds = np.linspace(0, len(ids), num_shards + 1).astype(int)
+    shard_of = np.repeat(np.arange(num_shards), np.diff(bounds))
 
-    def docs(i: int):
-        return ((d, corpus[d]) for d in ids[bounds[i]:bounds[i + 1]])
+    def batches():
+        for a in range(0, len(ids), batch_rows):
+            chunk = ids[a:a + batch_rows]
+            yield Batch(shard_of[a:a + len(chunk)], chunk, [corpus[d] for d in chunk])
 
-    return ShardedSource(num_shards, docs, {**description, "num_docs": len(ids)})
+    return ShardedSource(num_shards, batches, {**description, "num_docs": len(ids)})
 
 
-def encoder_info(encoder: BiEncoder, model: str) -> dict:
+def encoder_info(encoder, model: str) -> dict:
     c = encoder.config
     return {
         "model": os.path.abspath(model) if os.path.isdir(model) else model,
@@ -83,14 +123,20 @@ def needs_training(factory: str, dim: int) -> bool:
     return not faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT).is_trained
 
 
-def _chunks(it: Iterable, size: int) -> Iterator[list]:
-    it = iter(it)
-    while chunk := list(islice(it, size)):
-        yield chunk
+def check_factory(factory: str, dim: int) -> None:
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise DretrieverError(f"factory: faiss cannot build {factory!r} for dimension {dim} "
+                              f"({str(e).strip().splitlines()[-1]})") from None
+
+
+def partial_dir(out: Path, i: int) -> Path:
+    return out / f".{mf.shard_dir_name(i)}{PARTIAL}"
 
 
 class _Dist:
-    """Process rank/world from accelerate when launched with it, else a single process."""
+    """Process rank/world from accelerate (or torchrun) when launched with it, else a single process."""
 
     def __init__(self):
         from accelerate import PartialState
@@ -103,132 +149,331 @@ class _Dist:
             self.state.wait_for_everyone()
 
 
-def build_index(source: ShardedSource, encoder: BiEncoder, out: str | Path, model: str, factory: str = "Flat",
+@dataclass
+class BuildSettings:
+    factory: str = "Flat"
+    batch_size: int = 64
+    precision: str = "auto"
+    chunk_docs: int = 512
+    train_sample: int | None = None
+    keep_vectors: str = "none"  # none | float16 | float32: full vectors kept beside the index (re-ranking)
+    seed: int = 0
+    progress: bool = True
+
+
+def build_index(source: ShardedSource, encoder, out: str | Path, model: str | None, factory: str = "Flat",
                 batch_size: int = 64, precision: str = "auto", chunk_docs: int = 512,
                 train_sample: int | None = None, overwrite: bool = False, progress: bool = True,
-                seed: int = 0) -> dict:
-    """Encode ``source`` into ``out``; resumes a partial build with identical settings. Returns the manifest."""
-    out = Path(out)
-    dist = _Dist()
-    encoder.to(dist.state.device)
-    info = encoder_info(encoder, model)
-    if dist.rank == 0:
-        _prepare(out, info, factory, source, overwrite)
-    dist.barrier()
-    manifest = mf.read_manifest(out)
+                seed: int = 0, keep_vectors: str = "none") -> dict:
+    """Build (or resume with identical settings) the index of ``source`` in ``out``; returns the manifest.
 
-    if needs_training(factory, encoder.dim) and not manifest["faiss"]["trained_index"]:
-        if dist.rank == 0:
-            _train(source, encoder, out, factory, batch_size, precision, train_sample, seed, progress)
-        dist.barrier()
+    ``encoder`` encodes the rows' text; it may be ``None`` when the source carries vectors (an import),
+    and ``model`` then names the encoder to record (or ``None``: the index serves vector queries only).
+    """
+    settings = BuildSettings(factory, batch_size, precision, chunk_docs, train_sample, keep_vectors, seed, progress)
+    return Builder(source, encoder, Path(out), model, settings).run(overwrite)
+
+
+class Builder:
+    def __init__(self, source: ShardedSource, encoder, out: Path, model: str | None, settings: BuildSettings):
+        self.source, self.encoder, self.out, self.s = source, encoder, out, settings
+        if settings.keep_vectors != "none":
+            vf.filename(settings.keep_vectors)  # validates the name
+        if settings.chunk_docs < 1:
+            raise DretrieverError(f"chunk_docs: must be at least 1, got {settings.chunk_docs}")
+        self.dist = _Dist()
+        if encoder is not None:
+            encoder.to(self.dist.state.device)
+            self.info = encoder_info(encoder, model)
+            self.dim = encoder.dim
+            if source.has_vectors and source.dim != self.dim:
+                raise DretrieverError(f"the vectors have dimension {source.dim} but the model {model} gives {self.dim}")
+        elif source.has_vectors:
+            self.info, self.dim = None, source.dim
+        else:
+            raise DretrieverError("an encoder is needed to build an index from text")
+        check_factory(settings.factory, self.dim)
+        self.run_id = f"{os.uname().nodename}:{os.getpid()}:{time.time():.0f}"
+
+    # ------------------------------------------------------------------ driver
+    def run(self, overwrite: bool) -> dict:
+        d = self.dist
+        log.info("index build: world size %d (this is rank %d)", d.world, d.rank)
+        if d.rank == 0:
+            self._prepare(overwrite)
+            self._stage_if_needed()
+            if needs_training(self.s.factory, self.dim) and not mf.read_manifest(self.out)["faiss"]["trained_index"]:
+                self._train()
+        d.barrier()
+        manifest = mf.read_manifest(self.out)
+        mine = range(d.rank, self.source.num_shards, d.world)
+        for i in tqdm(mine, desc="shards", unit="shard", disable=not self.s.progress or d.rank != 0):
+            entry = manifest["shards"][i]
+            if entry["state"] == "done":
+                log.info("%s: done, skipped", entry["dir"])
+                continue
+            self._encode_shard(i)
+            self._finish_shard(i)
+        d.barrier()
+        if d.rank == 0:
+            manifest = mf.read_manifest(self.out)
+            unfinished = [e["dir"] for e in manifest["shards"] if e["state"] != "done"]
+            if unfinished:
+                raise DretrieverError(f"{self.out}: shards not finished: {', '.join(unfinished)}")
+            mf.update_manifest(self.out, lambda m: m.update(complete=True))
+        d.barrier()
+        return mf.read_manifest(self.out)
+
+    # ------------------------------------------------------------------ phases
+    def _prepare(self, overwrite: bool) -> None:
+        out = self.out
+        if overwrite and out.exists():
+            shutil.rmtree(out)
+        if (out / mf.MANIFEST).is_file():
+            old = mf.read_manifest(out)
+            for key, mine, theirs in (("encoder", self.info, old["encoder"]),
+                                      ("faiss factory", self.s.factory, old["faiss"]["factory"]),
+                                      ("source", self.source.description, old["source"]),
+                                      ("num_shards", self.source.num_shards, old["num_shards"]),
+                                      ("keep_vectors", self.s.keep_vectors, old.get("keep_vectors", "none"))):
+                if mine != theirs:
+                    raise DretrieverError(
+                        f"{out}: an index built with a different {key} is here ({theirs!r} vs {mine!r}); "
+                        "pass --overwrite to replace it or choose another output folder")
+            for stale in out.glob(".*.tmp-*"):  # partial work of a killed run; no process of this run writes yet
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            self._recheck_done_shards(old)
+            log.info("%s: resuming (%d of %d shards done)", out,
+                     sum(e["state"] == "done" for e in mf.read_manifest(out)["shards"]), old["num_shards"])
+            return
+        if out.exists() and any(out.iterdir()):
+            raise DretrieverError(f"{out}: folder exists, is not empty and holds no manifest.json")
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = mf.new_manifest(self.info, self.s.factory, self.source.num_shards, self.source.description)
+        manifest.update(dim=self.dim, keep_vectors=self.s.keep_vectors)
+        mf.write_manifest(out, manifest)
+
+    def _recheck_done_shards(self, manifest: dict) -> None:
+        """A done shard whose files fail their checksums is rebuilt: back to staging (or restaged)."""
+        for i, entry in enumerate(manifest["shards"]):
+            final, partial = self.out / entry["dir"], partial_dir(self.out, i)
+            if entry["state"] != "done":
+                if final.is_dir() and not partial.exists():  # killed between the rename and the commit
+                    os.replace(final, partial)
+                elif final.is_dir():
+                    shutil.rmtree(final)
+                continue
+            if mf.shard_is_done(self.out, entry, full=True):
+                shutil.rmtree(partial, ignore_errors=True)
+                continue
+            log.warning("%s: files do not match the manifest's checksums; rebuilding the shard", entry["dir"])
+            shutil.rmtree(partial, ignore_errors=True)
+            if final.is_dir():
+                os.replace(final, partial)
+            staged_ok = (partial / DOCSTORE).is_file() and sha256_file(partial / DOCSTORE) == entry["staged_sha256"]
+            for name in os.listdir(partial) if partial.is_dir() else []:
+                if name != DOCSTORE:
+                    os.unlink(partial / name)
+
+            def demote(m, i=i, staged_ok=staged_ok):
+                e = m["shards"][i]
+                if staged_ok and not self.source.has_vectors:
+                    e.update(state="staged", encoded=0, encode_runs=[], sha256=None, bytes=None, finished_at=None)
+                else:
+                    e.update(mf.new_shard_entry(i))
+            mf.update_manifest(self.out, demote)
+
+    def _stage_if_needed(self) -> None:
+        manifest = mf.read_manifest(self.out)
+        todo = [i for i, e in enumerate(manifest["shards"]) if e["state"] == "pending"
+                or (e["state"] in ("staged", "encoding") and not self._staging_intact(i, e))]
+        if todo:
+            self._stage(todo)
+
+    def _staging_intact(self, i: int, entry: dict) -> bool:
+        store = partial_dir(self.out, i) / DOCSTORE
+        return store.is_file() and store.stat().st_size == entry["staged_bytes"]
+
+    def _stage(self, todo: list[int]) -> None:
+        """The one pass over the source: every row of a shard in ``todo`` goes to its staging folder."""
+        out, want = self.out, set(todo)
+        mf.update_manifest(out, lambda m: m.update(source_passes=m.get("source_passes", 0) + 1))
+        for i in todo:
+            shutil.rmtree(partial_dir(out, i), ignore_errors=True)
+            partial_dir(out, i).mkdir()
+            mf.update_manifest(out, lambda m, i=i: m["shards"][i].update(mf.new_shard_entry(i)))
+        writers = {i: DocStoreWriter(partial_dir(out, i) / DOCSTORE) for i in todo}
+        appenders = ({i: vf.VectorAppender(partial_dir(out, i) / vf.WORK, self.dim, 0) for i in todo}
+                     if self.source.has_vectors else {})
+        buffers: dict[int, list] = {i: [] for i in todo}
+        bar = tqdm(desc="read sources", unit="row", disable=not self.s.progress)
+        for batch in self.source.batches():
+            for s in np.unique(batch.shards):
+                s = int(s)
+                if s not in want:
+                    continue
+                rows = np.flatnonzero(batch.shards == s)
+                buffers[s].extend((batch.ids[j], batch.docs[j] if batch.docs else None,
+                                   batch.where[j] if batch.where else None) for j in rows)
+                if appenders:
+                    appenders[s].append(batch.vectors[rows])
+                if len(buffers[s]) >= FLUSH_ROWS:
+                    self._flush(writers[s], buffers[s])
+            bar.update(len(batch.ids))
+        bar.close()
+        for i in todo:
+            self._flush(writers[i], buffers[i])
+            writers[i].close()
+            if appenders:
+                appenders[i].close()
+            fsync_dir(partial_dir(out, i))
+        counts = {i: writers[i].count for i in todo}
+        sums = {i: sha256_file(partial_dir(out, i) / DOCSTORE) for i in todo}
+        sizes = {i: (partial_dir(out, i) / DOCSTORE).stat().st_size for i in todo}
+
+        def staged(m):
+            for i in todo:
+                m["shards"][i].update(state="staged", num_docs=counts[i], staged_sha256=sums[i],
+                                      staged_bytes=sizes[i], encoded=counts[i] if appenders else 0)
+        mf.update_manifest(out, staged)
+        log.info("staged %d rows into %d shards in one pass", sum(counts.values()), len(todo))
+
+    def _flush(self, writer: DocStoreWriter, buffer: list) -> None:
+        try:
+            writer.add((docid, doc) for docid, doc, _ in buffer)
+        except DuplicateId as e:
+            where = next((w for d, _, w in reversed(buffer) if d == e.docid), None)
+            name, first = self.source.locate(e.docid) if self.source.locate else (e.docid, None)
+            message = f"duplicate document id {name!r}" + (f" (first at {first})" if first and first != where else "")
+            if where and ":" in where:
+                path, _, line = where.rpartition(":")
+                raise DataError(path, message, int(line) if line.isdigit() else None) from None
+            raise DretrieverError(message) from None
+        buffer.clear()
+
+    def _train(self) -> None:
+        """Train the empty index once, on a sample drawn uniformly across all shards (seeded)."""
+        out, factory = self.out, self.s.factory
         manifest = mf.read_manifest(out)
+        probe = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        nlist = getattr(faiss.extract_index_ivf(probe), "nlist", 256) if "IVF" in factory else 256
+        counts = np.array([e["num_docs"] for e in manifest["shards"]])
+        total = int(counts.sum())
+        size = min(self.s.train_sample or max(50 * nlist, 10_000), total)
+        picks = np.sort(np.random.default_rng(self.s.seed).choice(total, size=size, replace=False))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        parts = []
+        for i in range(len(counts)):
+            local = picks[(picks >= starts[i]) & (picks < starts[i + 1])] - starts[i]
+            if not len(local):
+                continue
+            if self.source.has_vectors:
+                parts.append(np.asarray(vf.open_vectors(partial_dir(out, i) / vf.WORK, self.dim)[local]))
+            else:
+                store = DocStore(partial_dir(out, i) / DOCSTORE)
+                texts = [doc.contents for _, doc in store.at(local.tolist())]
+                store.close()
+                parts.append(self.encoder.encode_docs(texts, batch_size=self.s.batch_size,
+                                                      precision=self.s.precision, progress=self.s.progress))
+        sample = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+        log.info("training %s on %d vectors sampled across %d shards", factory, len(sample), len(counts))
+        probe.train(sample)
+        tmp = out / f".{TRAINED}.tmp-{os.getpid()}"
+        faiss.write_index(probe, str(tmp))
+        os.replace(tmp, out / TRAINED)
+        mf.update_manifest(out, lambda m: m["faiss"].update(trained_index=TRAINED, train_sample=len(sample)))
 
-    mine = range(dist.rank, source.num_shards, dist.world)
-    for i in tqdm(mine, desc="shards", unit="shard", disable=not progress or dist.rank != 0):
-        entry = manifest["shards"][i]
-        if mf.shard_is_done(out, entry):
-            log.info("%s: done (checksums match), skipped", entry["dir"])
-            continue
-        _build_shard(source, i, encoder, out, factory, batch_size, precision, chunk_docs, progress)
+    def _encode_shard(self, i: int) -> None:
+        """Encode the shard's staged rows chunk by chunk; each chunk is committed before the next starts."""
+        out = self.out
+        entry = mf.read_manifest(out)["shards"][i]
+        n, done = entry["num_docs"], entry["encoded"]
+        if done >= n:
+            return
+        part = partial_dir(out, i)
+        store = DocStore(part / DOCSTORE)
+        appender = vf.VectorAppender(part / vf.WORK, self.dim, done)
+        bar = tqdm(total=n, initial=done, desc=f"encode {entry['dir']}", unit="passage", leave=False,
+                   disable=not self.s.progress)
+        for start in range(done, n, self.s.chunk_docs):
+            stop = min(start + self.s.chunk_docs, n)
+            rows = list(store.rows(start, stop))
+            vectors = self.encoder.encode_docs([doc.contents for _, doc in rows], batch_size=self.s.batch_size,
+                                               precision=self.s.precision)
+            appender.append(vectors)
+            appender.commit()
+            mf.update_manifest(out, lambda m, stop=stop, start=start: _commit_chunk(m["shards"][i], start, stop,
+                                                                                     self.run_id))
+            bar.update(stop - start)
+        bar.close()
+        appender.close()
+        store.close()
 
-    dist.barrier()
-    if dist.rank == 0:
-        manifest = mf.read_manifest(out)
-        unfinished = [e["dir"] for e in manifest["shards"] if not mf.shard_is_done(out, e)]
-        if unfinished:
-            raise DretrieverError(f"{out}: shards not finished: {', '.join(unfinished)}")
-        manifest = mf.update_manifest(out, lambda m: m.update(complete=True))
-    dist.barrier()
-    return mf.read_manifest(out)
+    def _finish_shard(self, i: int) -> None:
+        out, dim = self.out, self.dim
+        part, name = partial_dir(out, i), mf.shard_dir_name(i)
+        entry = mf.read_manifest(out)["shards"][i]
+        vectors = vf.open_vectors(part / vf.WORK, dim)
+        if len(vectors) != entry["num_docs"]:
+            raise DretrieverError(f"{part}: {len(vectors)} vectors for {entry['num_docs']} staged rows")
+        if (out / TRAINED).is_file():
+            index = faiss.read_index(str(out / TRAINED))
+        else:
+            index = faiss.index_factory(dim, self.s.factory, faiss.METRIC_INNER_PRODUCT)
+        for start in range(0, len(vectors), 65536):
+            index.add(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32))
+        tmp = part / f".index.tmp-{os.getpid()}"
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, part / "index")
+        del index
+        store = DocStore(part / DOCSTORE)
+        write_docids(part, (docid for docid, _ in store.rows()))
+        store.close()
+        files = list(mf.SHARD_FILES)
+        if self.s.keep_vectors != "none":
+            kept = vf.filename(self.s.keep_vectors)
+            if kept != vf.WORK:
+                vf.convert(part / vf.WORK, part / kept, dim)
+            files.append(kept)
+        fsync_dir(part)
+        sums = {f: sha256_file(part / f) for f in files}
+        sizes = {f: (part / f).stat().st_size for f in files}
+        final = out / name
+        if final.exists():  # a stale shard from a crashed run, never marked done
+            shutil.rmtree(final)
+        os.replace(part, final)
+        fsync_dir(out)
+
+        def mark_done(m):
+            m["shards"][i].update(state="done", sha256=sums, bytes=sizes,
+                                  vectors=vf.filename(self.s.keep_vectors) if self.s.keep_vectors != "none" else None,
+                                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        mf.update_manifest(out, mark_done)
+        if vf.WORK not in files and (final / vf.WORK).exists():
+            os.unlink(final / vf.WORK)
 
 
-def _prepare(out: Path, info: dict, factory: str, source: ShardedSource, overwrite: bool) -> None:
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    if (out / mf.MANIFEST).is_file():
-        old = mf.read_manifest(out)
-        for key, mine, theirs in (("encoder", info, old["encoder"]), ("faiss factory", factory, old["faiss"]["factory"]),
-                                  ("source", source.description, old["source"]),
-                                  ("num_shards", source.num_shards, old["num_shards"])):
-            if mine != theirs:
-                raise DretrieverError(
-                    f"{out}: an index built with a different {key} is here ({theirs!r} vs {mine!r}); "
-                    "pass --overwrite to replace it or choose another output folder")
-        for stale in out.glob(".*.tmp-*"):  # partial work of a killed run; no process of this run writes yet
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-        log.info("%s: resuming (%d of %d shards done)", out,
-                 sum(e["state"] == "done" for e in old["shards"]), old["num_shards"])
-        return
-    if out.exists() and any(out.iterdir()):
-        raise DretrieverError(f"{out}: folder exists, is not empty and holds no manifest.json")
-    out.mkdir(parents=True, exist_ok=True)
-    mf.write_manifest(out, mf.new_manifest(info, factory, source.num_shards, source.description))
-
-
-def _train(source, encoder, out, factory, batch_size, precision, train_sample, seed, progress) -> None:
-    """Train the empty index once, on a sample drawn evenly across shards (reservoir per shard)."""
-    probe = faiss.index_factory(encoder.dim, factory, faiss.METRIC_INNER_PRODUCT)
-    nlist = getattr(faiss.extract_index_ivf(probe), "nlist", 256) if "IVF" in factory else 256
-    size = train_sample or max(50 * nlist, 10_000)
-    per_shard = -(-size // source.num_shards)
-    rng = random.Random(seed)
-    sample: list[str] = []
-    for i in range(source.num_shards):
-        reservoir: list[str] = []
-        for n, (_, doc) in enumerate(source.docs(i)):
-            if n < per_shard:
-                reservoir.append(doc.contents)
-            elif (j := rng.randint(0, n)) < per_shard:
-                reservoir[j] = doc.contents
-        sample += reservoir
-    log.info("training %s on %d sampled documents", factory, len(sample))
-    vectors = encoder.encode_docs(sample, batch_size=batch_size, precision=precision, progress=progress)
-    probe.train(vectors)
-    tmp = out / f".{TRAINED}.tmp-{os.getpid()}"
-    faiss.write_index(probe, str(tmp))
-    os.replace(tmp, out / TRAINED)
-    mf.update_manifest(out, lambda m: m["faiss"].update(trained_index=TRAINED, train_sample=len(sample)))
-
-
-def _build_shard(source, i, encoder, out, factory, batch_size, precision, chunk_docs, progress) -> None:
-    name = mf.shard_dir_name(i)
-    for stale in out.glob(f".{name}.tmp-*"):  # left by a killed run; only this process builds shard i
-        shutil.rmtree(stale)
-    tmp = out / f".{name}.tmp-{os.getpid()}"
-    tmp.mkdir()
-    if (out / TRAINED).is_file():
-        index = faiss.read_index(str(out / TRAINED))
+def _commit_chunk(entry: dict, start: int, stop: int, run_id: str) -> None:
+    runs = entry.setdefault("encode_runs", [])
+    if runs and runs[-1]["run"] == run_id and runs[-1]["to"] == start:
+        runs[-1]["to"] = stop
     else:
-        index = faiss.index_factory(encoder.dim, factory, faiss.METRIC_INNER_PRODUCT)
-    store = DocStoreWriter(tmp / DOCSTORE)
-    count = 0
-    bar = tqdm(desc=name, unit="doc", disable=not progress, leave=False)
-    with open(tmp / "docid", "w", encoding="utf-8") as ids_file:
-        for chunk in _chunks(source.docs(i), chunk_docs):
-            vectors = encoder.encode_docs([d.contents for _, d in chunk], batch_size=batch_size, precision=precision)
-            index.add(vectors)
-            for docid, _ in chunk:
-                if "\n" in docid:
-                    raise DretrieverError(f"document id {docid!r} contains a newline")
-                ids_file.write(docid + "\n")
-            store.add(chunk)
-            count += len(chunk)
-            bar.update(len(chunk))
-        ids_file.flush()
-        os.fsync(ids_file.fileno())
-    bar.close()
-    store.close()
-    faiss.write_index(index, str(tmp / "index"))
-    fsync_dir(tmp)
-    sums = mf.shard_checksums(tmp)
-    final = out / name
-    if final.exists():  # a stale shard from a crashed run, never marked done
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(out)
+        runs.append({"run": run_id, "from": start, "to": stop})
+    entry.update(state="encoding", encoded=stop)
 
-    def mark_done(m):
-        m["shards"][i].update(state="done", num_docs=count, sha256=sums,
-                              finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
-    mf.update_manifest(out, mark_done)
+def iter_batches(rows: Iterator[tuple[int, str, Document | None, str | None]], size: int = 1024) -> Iterator[Batch]:
+    """Group ``(shard, id, doc, where)`` rows into batches."""
+    buf: list = []
+    for row in rows:
+        buf.append(row)
+        if len(buf) == size:
+            yield _batch(buf)
+            buf = []
+    if buf:
+        yield _batch(buf)
+
+
+def _batch(rows: list) -> Batch:
+    return Batch(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), [r[1] for r in rows],
+                 [r[2] for r in rows], where=[r[3] for r in rows])

@@ -3,9 +3,10 @@
 Sources (JSONL, Parquet, folders of text files; see ``data/readers.py``) are streamed record by record,
 split into passages (``index/chunking.py``) and handed to the foundation's sharded, resumable
 ``build_index`` as a :class:`~dretriever.index.build.ShardedSource`. A document goes to shard
-``crc32(doc_id) % shards``: each shard is one pass over the sources, nothing is held in memory beyond a
-chunk of passages, and a repeated document id always lands in the shard that reports it (with the
-``file:line`` of both copies). Optionally a Lucene BM25 index of the same passages is built in
+``crc32(doc_id) % shards``; the sources are read once in all, however many shards (the build stages each
+passage in its shard's doc store), nothing is held in memory beyond a batch of passages, and a repeated
+document id always lands in the shard that reports it (with the ``file:line`` of both copies).
+Optionally a Lucene BM25 index of the same passages, read back from the doc stores, is built in
 ``OUTPUT/bm25`` for the BM25 and hybrid modes of the Retriever.
 """
 
@@ -21,9 +22,11 @@ from ..data.beir import Document
 from ..data.readers import FORMATS, Fields, describe, read_records
 from ..encoder import BiEncoder
 from ..errors import DataError, DretrieverError
-from ..search.bm25 import build_bm25_index
-from .build import ShardedSource, build_index
-from .chunking import ChunkConfig, Chunker, passage_id
+from .bm25 import build_bm25_index
+from .build import ShardedSource, build_index, iter_batches
+from .chunking import ChunkConfig, Chunker, parent_id, passage_id
+from .docstore import FILENAME as DOCSTORE
+from .docstore import DocStore
 
 log = logging.getLogger(__name__)
 BM25_DIR = "bm25"
@@ -47,6 +50,8 @@ class DatastoreArgs:
     precision: str = "auto"
     chunk_docs: int = field(default=512, metadata={"help": "passages encoded and written per step (memory bound)"})
     train_sample: int | None = field(default=None, metadata={"help": "passages to train IVF/PQ on"})
+    keep_vectors: str = field(default="none", metadata={"help": "none | float16 | float32: keep full vectors "
+                                                                 "beside each shard for exact re-ranking"})
     bm25: bool = field(default=False, metadata={"help": "also build a Lucene BM25 index of the passages"})
     overwrite: bool = False
     progress: bool = True
@@ -76,10 +81,7 @@ def shard_of(doc_id: str, num_shards: int) -> int:
 
 
 def passage_source(args: DatastoreArgs, chunker: Chunker) -> ShardedSource:
-    """The passages of every source, split into ``args.shards`` shards by document id."""
-    for src in args.sources:
-        if next(iter(read_records(src, args.format, args.fields)), None) is None:
-            raise DataError(src, "the source holds no documents")
+    """The passages of every source, split into ``args.shards`` shards by document id, read in one pass."""
     description = {
         "sources": [describe(s, args.format) for s in args.sources],
         "fields": {"id": args.id_field, "text": args.text_field, "title": args.title_field},
@@ -87,20 +89,27 @@ def passage_source(args: DatastoreArgs, chunker: Chunker) -> ShardedSource:
         "sharding": "crc32(doc_id) % shards",
     }
 
-    def docs(i: int):
-        seen: dict[str, str] = {}
+    def rows():
+        for src in args.sources:
+            empty = True
+            for rec in read_records(src, args.format, args.fields):
+                empty = False
+                shard = shard_of(rec.id, args.shards)
+                for j, text in enumerate(chunker.split(rec.text)):
+                    yield shard, passage_id(rec.id, j), Document(rec.title, text, {**rec.metadata, "doc_id": rec.id,
+                                                                                  "chunk": j}), rec.where
+            if empty:
+                raise DataError(src, "the source holds no documents")
+
+    def locate(pid: str) -> tuple[str, str | None]:  # the error path of a duplicate id: find its first record
+        doc_id = parent_id(pid)
         for src in args.sources:
             for rec in read_records(src, args.format, args.fields):
-                if shard_of(rec.id, args.shards) != i:
-                    continue
-                if rec.id in seen:
-                    raise DataError(rec.where, f"duplicate document id {rec.id!r} (first at {seen[rec.id]})")
-                seen[rec.id] = rec.where
-                for j, text in enumerate(chunker.split(rec.text)):
-                    yield passage_id(rec.id, j), Document(rec.title, text, {**rec.metadata, "doc_id": rec.id,
-                                                                            "chunk": j})
+                if rec.id == doc_id:
+                    return doc_id, rec.where
+        return doc_id, None
 
-    return ShardedSource(args.shards, docs, description)
+    return ShardedSource(args.shards, lambda: iter_batches(rows()), description, locate=locate)
 
 
 def build_datastore(args: DatastoreArgs, encoder: BiEncoder | None = None) -> dict:
@@ -109,11 +118,15 @@ def build_datastore(args: DatastoreArgs, encoder: BiEncoder | None = None) -> di
     source = passage_source(args, Chunker(args.chunk_config, encoder.tokenizer))
     manifest = build_index(source, encoder, args.output, model=args.model, factory=args.factory,
                            batch_size=args.batch_size, precision=args.precision, chunk_docs=args.chunk_docs,
-                           train_sample=args.train_sample, overwrite=args.overwrite, progress=args.progress)
+                           train_sample=args.train_sample, overwrite=args.overwrite, progress=args.progress,
+                           keep_vectors=args.keep_vectors)
     if args.bm25:
         total = sum(s["num_docs"] for s in manifest["shards"])
-        log.info("indexing %d passages with Lucene (BM25)", total)
-        passages = chain.from_iterable(source.docs(i) for i in range(source.num_shards))
-        build_bm25_index(passages, Path(args.output) / BM25_DIR,
+        log.info("indexing %d passages with Lucene (BM25), read from the doc stores", total)
+        root = Path(args.output)
+        stores = [DocStore(root / e["dir"] / DOCSTORE) for e in manifest["shards"]]
+        build_bm25_index(chain.from_iterable(store.rows() for store in stores), root / BM25_DIR,
                          stamp={"num_docs": total, "source": manifest["source"]})
+        for store in stores:
+            store.close()
     return manifest

@@ -1,7 +1,8 @@
 """``manifest.json``: what an index was built from, and which shards are finished.
 
-A shard counts as done only when the manifest says so *and* the sha256 of its files match.
-Several processes (``accelerate launch``) update the manifest under a file lock.
+A shard counts as done only when the manifest says so *and* its files are there with the recorded sizes
+(the cheap check every open makes) or, for ``full`` checks (``dretriever index verify``, a resumed build),
+the recorded sha256. Several processes (``accelerate launch``, ``torchrun``) update it under a file lock.
 """
 
 from __future__ import annotations
@@ -14,17 +15,24 @@ from .. import __version__
 from ..errors import DretrieverError
 from .atomic import file_lock, sha256_file, write_json_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 LOCK = ".manifest.lock"
-SHARD_FILES = ("index", "docid", "docs.sqlite")
+SHARD_FILES = ("index", "docid", "docid.offsets", "docs.sqlite")
 
 
 def shard_dir_name(i: int) -> str:
     return f"shard-{i:05d}"
 
 
-def new_manifest(encoder_info: dict, factory: str, num_shards: int, source: dict) -> dict:
+def new_shard_entry(i: int) -> dict:
+    """A shard nothing has been done for. States: pending -> staged -> encoding -> done."""
+    return {"dir": shard_dir_name(i), "state": "pending", "num_docs": None, "staged_sha256": None,
+            "staged_bytes": None, "encoded": 0, "encode_runs": [], "sha256": None, "bytes": None,
+            "vectors": None, "finished_at": None}
+
+
+def new_manifest(encoder_info: dict | None, factory: str, num_shards: int, source: dict) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "created_by": f"dretriever {__version__}",
@@ -32,12 +40,10 @@ def new_manifest(encoder_info: dict, factory: str, num_shards: int, source: dict
         "encoder": encoder_info,
         "faiss": {"factory": factory, "metric": "inner_product", "trained_index": None},
         "source": source,
+        "source_passes": 0,
         "num_shards": num_shards,
         "complete": False,
-        "shards": [
-            {"dir": shard_dir_name(i), "state": "pending", "num_docs": None, "sha256": None, "finished_at": None}
-            for i in range(num_shards)
-        ],
+        "shards": [new_shard_entry(i) for i in range(num_shards)],
     }
 
 
@@ -50,7 +56,8 @@ def read_manifest(root: str | Path) -> dict:
     except json.JSONDecodeError as e:
         raise DretrieverError(f"{path}: unreadable manifest ({e})") from None
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise DretrieverError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+        raise DretrieverError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION} "
+                              "(made by another dretriever version); rebuild it with --overwrite")
     return manifest
 
 
@@ -68,15 +75,26 @@ def update_manifest(root: str | Path, change) -> dict:
         return manifest
 
 
-def shard_checksums(shard_dir: Path) -> dict[str, str]:
-    return {name: sha256_file(shard_dir / name) for name in SHARD_FILES}
+def shard_files(entry: dict) -> list[str]:
+    return list(entry.get("sha256") or SHARD_FILES)
 
 
-def shard_is_done(root: Path, entry: dict) -> bool:
-    """True when the manifest marks the shard done and its files still match their checksums."""
+def shard_problem(root: Path, entry: dict, full: bool = False) -> str | None:
+    """Why the shard is not usable (``None`` when it is): not done, a file missing, a size or checksum off."""
     if entry.get("state") != "done" or not entry.get("sha256"):
-        return False
-    shard_dir = root / entry["dir"]
-    if not all((shard_dir / name).is_file() for name in SHARD_FILES):
-        return False
-    return shard_checksums(shard_dir) == entry["sha256"]
+        return f"state is {entry.get('state')!r}, not 'done'"
+    shard_dir = Path(root) / entry["dir"]
+    for name in shard_files(entry):
+        path = shard_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry["bytes"][name]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['bytes'][name]}"
+        if full and sha256_file(path) != entry["sha256"][name]:
+            return f"{name} does not match its sha256 in the manifest"
+    return None
+
+
+def shard_is_done(root: Path, entry: dict, full: bool = False) -> bool:
+    """True when the manifest marks the shard done and its files match (sizes; with ``full``, sha256)."""
+    return shard_problem(root, entry, full) is None

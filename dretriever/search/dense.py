@@ -17,6 +17,8 @@ SETTINGS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_max_len
 def check_encoder(manifest: dict, encoder: BiEncoder, where: str | Path) -> None:
     """Refuse an encoder whose dimension or weights differ from those the index was built with."""
     built = manifest["encoder"]
+    if built is None:
+        raise DretrieverError(f"{where}: the index records no encoder (imported vectors); re-import with --model")
     if encoder.dim != built["dim"]:
         raise DretrieverError(f"{where}: index dimension is {built['dim']} but the model gives {encoder.dim}")
     fingerprint = encoder.fingerprint()
@@ -29,6 +31,12 @@ def check_encoder(manifest: dict, encoder: BiEncoder, where: str | Path) -> None
 def encoder_for_index(manifest: dict, where: str | Path, model: str | None = None) -> BiEncoder:
     """Load the query encoder with exactly the index's settings (pooling, prefixes, lengths)."""
     built = manifest["encoder"]
+    if built is None and model is None:
+        raise DretrieverError(f"{where}: the index was imported from vectors without naming their encoder, so it "
+                              "cannot encode text queries; search it with query vectors, or re-import with --model")
+    if built is None:
+        raise DretrieverError(f"{where}: the index records no encoder, so {model} cannot be checked against it; "
+                              "re-import the vectors with --model")
     encoder = BiEncoder.from_pretrained(model or built["model"], **{k: built[k] for k in SETTINGS})
     check_encoder(manifest, encoder, where)
     return encoder
@@ -42,7 +50,7 @@ class DenseSearcher:
         self.batch_size, self.precision = batch_size, precision
 
     @classmethod
-    def load(cls, root: str | Path, model: str | None = None, verify: bool = True, **kw) -> "DenseSearcher":
+    def load(cls, root: str | Path, model: str | None = None, verify: bool = False, **kw) -> "DenseSearcher":
         index = ShardedIndex.open(root, verify=verify)
         return cls(index, encoder_for_index(index.manifest, root, model), **kw)
 

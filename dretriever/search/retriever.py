@@ -66,7 +66,7 @@ class Retriever:
 
     @classmethod
     def load(cls, root: str | Path, mode: str = "dense", model: str | None = None, fusion: str = "rrf",
-             alpha: float = 0.5, fusion_depth: int = 100, verify: bool = True, batch_size: int = 128,
+             alpha: float = 0.5, fusion_depth: int = 100, verify: bool = False, batch_size: int = 128,
              precision: str = "auto") -> "Retriever":
         """Open the index at ``root`` (and its ``bm25/`` Lucene index when present)."""
         root = Path(root)
