@@ -17,6 +17,9 @@ from .errors import DretrieverError
 # name -> (module with main(argv), one-line help). The module is imported only when its command runs.
 COMMANDS = {
     "index build": ("dretriever.commands.index_build", "encode a corpus into a sharded, resumable FAISS index"),
+    "index import": ("dretriever.commands.index_import", "build an index from precomputed embeddings (npy, parquet, jsonl)"),
+    "index merge": ("dretriever.commands.index_merge", "merge an index's shards into one (Pyserini-loadable)"),
+    "index verify": ("dretriever.commands.index_verify", "check every shard file against its sha256"),
     "eval beir": ("dretriever.commands.eval_beir", "evaluate BM25, dense and hybrid on BEIR through Pyserini"),
     "regress": ("dretriever.commands.regress", "rerun eval/regressions.yaml entries and fail on a miss"),
     "train": ("dretriever.commands.train", "train a retriever from a recipe (contriever, star, adore, tas-balanced)"),

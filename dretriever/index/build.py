@@ -64,7 +64,15 @@ class Batch:
     ids: list[str]
     docs: list[Document | None]
     vectors: np.ndarray | None = None
-    where: list[str] | None = None  # "file:line" of each row, for error messages
+    where: list[str] | None = None  # "file:line" of each row, for error messages ...
+    origin: str | None = None  # ... or the file, with each row's 1-based row (line) number
+    rows: np.ndarray | None = None
+
+    def location(self, j: int):
+        """Row ``j``'s place: ``"file:line"``, or ``(file, row)`` (formatted only if an error needs it)."""
+        if self.where:
+            return self.where[j]
+        return (self.origin, int(self.rows[j])) if self.origin is not None else None
 
 
 @dataclass
@@ -313,8 +321,8 @@ class Builder:
                 if s not in want:
                     continue
                 rows = np.flatnonzero(batch.shards == s)
-                buffers[s].extend((batch.ids[j], batch.docs[j] if batch.docs else None,
-                                   batch.where[j] if batch.where else None) for j in rows)
+                buffers[s].extend((batch.ids[j], batch.docs[j] if batch.docs else None, batch.location(j))
+                                  for j in rows)
                 if appenders:
                     appenders[s].append(batch.vectors[rows])
                 if len(buffers[s]) >= FLUSH_ROWS:
@@ -343,6 +351,7 @@ class Builder:
             writer.add((docid, doc) for docid, doc, _ in buffer)
         except DuplicateId as e:
             where = next((w for d, _, w in reversed(buffer) if d == e.docid), None)
+            where = f"{where[0]}:{where[1]}" if isinstance(where, tuple) else where
             name, first = self.source.locate(e.docid) if self.source.locate else (e.docid, None)
             message = f"duplicate document id {name!r}" + (f" (first at {first})" if first and first != where else "")
             if where and ":" in where:
