@@ -146,7 +146,7 @@ def clustered(rng: np.random.Generator, centers: np.ndarray, n: int, noise: floa
 
 
 def sharded(indexes: list[faiss.Index], dim: int) -> ShardedIndex:
-    return ShardedIndex(Path("."), {"encoder": {"dim": dim}}, [Shard(Path("."), i, [], None) for i in indexes])
+    return ShardedIndex(Path("."), {"dim": dim, "faiss": {}}, [Shard(Path("."), i, dim=dim) for i in indexes])
 
 
 def build_shards(factory: str, data: np.ndarray, args: BenchArgs, rng: np.random.Generator) -> tuple[list, float]:
