@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -201,7 +202,7 @@ class Builder:
         else:
             raise DretrieverError("an encoder is needed to build an index from text")
         check_factory(settings.factory, self.dim)
-        self.run_id = f"{os.uname().nodename}:{os.getpid()}:{time.time():.0f}"
+        self.run_id = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:12]}"  # one per build run
 
     # ------------------------------------------------------------------ driver
     def run(self, overwrite: bool) -> dict:
