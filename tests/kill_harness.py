@@ -57,3 +57,20 @@ def kill_and_resume(cmd: list[str], clean_seconds: float, kills: int = 5, seed: 
     if done.returncode != 0:
         raise AssertionError(f"the rerun after {kills} kills failed: {done.stderr.decode()[-2000:]}")
     return report
+
+
+def kill_when(cmd: list[str], ready, env: dict | None = None, timeout: float = 300) -> bool:
+    """Start ``cmd`` and SIGKILL it as soon as ``ready()`` is true (polled every 10 ms); False if it ended first."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if ready():
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+        except (OSError, ValueError):  # a file being replaced while read: poll again
+            pass
+        time.sleep(0.01)
+    proc.wait()
+    return False
