@@ -12,11 +12,7 @@ from dretriever.errors import DretrieverError
 from dretriever.index.sharded import ShardedIndex
 from dretriever.train.adore import Adore, AdoreArgs
 from tests.conftest import make_tiny_bert
-from tests.train_helpers import make_method, make_toy_beir, write_recipe
-
-
-class _Acc:
-    num_processes, process_index = 1, 0
+from tests.train_helpers import SingleProcess, build_flat_index, make_method, make_toy_beir, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +22,7 @@ def toy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy_index(toy, tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("adore_index") / "index"
-    assert main(["index", "build", "--corpus", str(toy), "--output", str(out), "--model", str(tiny_model),
-                 "--shards", "2", "--precision", "fp32"]) == 0
-    return out
+    return build_flat_index(toy, tiny_model, tmp_path_factory.mktemp("adore_index") / "index")
 
 
 def _adore(toy, index, model, out, **over):
@@ -40,7 +33,7 @@ def _adore(toy, index, model, out, **over):
 def test_candidates_are_the_top_k_plus_missed_positives(toy, toy_index, tiny_model, tmp_path):
     adore = _adore(toy, toy_index, tiny_model, tmp_path / "o")
     enc = BiEncoder.from_pretrained(tiny_model)
-    adore.setup(enc, _Acc())
+    adore.setup(enc, SingleProcess())
     qids = ["q0", "q3", "q5"]
     qvecs = enc.encode_queries([adore.data.queries[q] for q in qids], precision="fp32")
     index = ShardedIndex.open(toy_index)
@@ -60,7 +53,7 @@ def test_candidates_are_the_top_k_plus_missed_positives(toy, toy_index, tiny_mod
 def test_only_the_query_tower_learns_and_the_doc_tower_is_the_indexed_model(toy, toy_index, tiny_model, tmp_path):
     adore = _adore(toy, toy_index, tiny_model, tmp_path / "o", temperature=0.05)
     enc = BiEncoder.from_pretrained(tiny_model)
-    adore.setup(enc, _Acc())
+    adore.setup(enc, SingleProcess())
     assert not enc.tied and all(not p.requires_grad for p in enc.doc_model.parameters())
     loss, logs = adore.loss(enc, adore.batches(0)[0])
     assert loss.item() > 0 and 1 <= logs["first_positive_rank"] <= 6
@@ -74,7 +67,7 @@ def test_index_of_another_model_is_refused(toy, toy_index, tmp_path):
     other = make_tiny_bert(tmp_path / "other", seed=1)
     adore = _adore(toy, toy_index, other, tmp_path / "o")
     with pytest.raises(DretrieverError, match="other weights"):
-        adore.setup(BiEncoder.from_pretrained(other), _Acc())
+        adore.setup(BiEncoder.from_pretrained(other), SingleProcess())
     with pytest.raises(DretrieverError, match="metric_cut"):
         AdoreArgs(index=str(toy_index), top_k=5, metric_cut=6)
 

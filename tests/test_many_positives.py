@@ -27,15 +27,11 @@ from dretriever.train.losses.ranknet import lambda_weights, ranknet_loss
 from dretriever.train.samplers import BalancedMarginSampler, QueryPairs
 from dretriever.train.star import Star, StarArgs
 from dretriever.train.tas_balanced import TasBalanced, TasBalancedArgs
-from tests.train_helpers import (make_many_positives_beir, make_method, write_random_negatives, write_random_teacher,
-                                 write_recipe)
+from tests.train_helpers import (SingleProcess, build_flat_index, make_many_positives_beir, make_method,
+                                 write_random_negatives, write_random_teacher, write_recipe)
 
 MANY = ["q0", "q1", "q8", "q9"]   # 300, 120, 300, 120 graded positives
 ONE = ["q4", "q5", "q6", "q12"]   # one positive each
-
-
-class _Acc:
-    num_processes, process_index = 1, 0
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +41,7 @@ def many(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def many_index(many, tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("many_index") / "index"
-    assert main(["index", "build", "--corpus", str(many), "--output", str(out), "--model", str(tiny_model),
-                 "--shards", "2", "--precision", "fp32"]) == 0
-    return out
+    return build_flat_index(many, tiny_model, tmp_path_factory.mktemp("many_index") / "index")
 
 
 # ------------------------------------------------------------------ the losses on synthetic scores
@@ -121,7 +114,7 @@ def _grad_norm(enc) -> float:
 def test_adore_loss_and_gradients_keep_the_one_positive_scale(many, many_index, tiny_model, tmp_path):
     adore = _adore(many, many_index, tiny_model, tmp_path / "o")
     enc = BiEncoder.from_pretrained(tiny_model)
-    adore.setup(enc, _Acc())
+    adore.setup(enc, SingleProcess())
     out = {}
     for name, qids in (("one", ONE), ("many", MANY)):
         enc.zero_grad(set_to_none=True)
@@ -139,7 +132,7 @@ def test_adore_loss_and_gradients_keep_the_one_positive_scale(many, many_index, 
 def test_adore_appends_a_bounded_seeded_sample_of_missed_positives(many, many_index, tiny_model, tmp_path):
     adore = _adore(many, many_index, tiny_model, tmp_path / "o", top_k=20, max_appended_positives=8)
     enc = BiEncoder.from_pretrained(tiny_model)
-    adore.setup(enc, _Acc())
+    adore.setup(enc, SingleProcess())
     qv = enc.encode_queries([adore.data.queries["q0"]], precision="fp32")
     picks = []
     for epoch in (0, 0, 1, 2):
@@ -163,7 +156,7 @@ def test_adore_dev_evaluation_uses_the_index_vectors(many, many_index, tiny_mode
     ta, adore = make_method(Adore, AdoreArgs, "adore", tiny_model, many, tmp_path / "o",
                             dict(index=str(many_index), top_k=20), dev_split="dev", dev_corpus=0)
     enc = BiEncoder.from_pretrained(tiny_model)
-    adore.setup(enc, _Acc())
+    adore.setup(enc, SingleProcess())
     ev = _dev_evaluator(ta, adore)
     assert ev.doc_vectors is not None and len(ev.doc_ids) == 360 and set(ev.queries) == {f"q{i}" for i in range(16, 22)}
     fixed = ev(enc)
@@ -194,7 +187,7 @@ def test_star_samples_positives_per_epoch(many, tiny_model, tmp_path):
     _, star = make_method(Star, StarArgs, "star", tiny_model, many, tmp_path / "o",
                           dict(negatives=str(neg), temperature=0.05, hard_negatives=2))
     enc = BiEncoder.from_pretrained(tiny_model)
-    star.setup(enc, _Acc())
+    star.setup(enc, SingleProcess())
 
     def positive_of(epoch, qid="q0"):
         return next(p for b in star.batches(epoch) for q, p, _ in b["global"] if q == qid)
@@ -211,7 +204,7 @@ def test_tas_samples_positives_per_epoch_and_loss_is_finite(many, tiny_model, tm
     _, tas = make_method(TasBalanced, TasBalancedArgs, "tas-balanced", tiny_model, many, tmp_path / "o",
                          dict(teacher=str(teacher), n_clusters=2, negative_depth=20, inbatch_teacher=str(tiny_model)))
     enc = BiEncoder.from_pretrained(tiny_model)
-    tas.setup(enc, _Acc())
+    tas.setup(enc, SingleProcess())
     drawn = {tas.margins.sample("q0", e).positive for e in range(10)}
     assert len(drawn) >= 8 and drawn <= set(tas.data.qrels["q0"])
     assert tas.margins.sample("q0", 4) == tas.margins.sample("q0", 4)

@@ -113,3 +113,18 @@ def write_random_teacher(data: Path, path: Path, depth: int = 60, seed: int = 0)
             hits.sort(key=lambda x: -x[1])
             f.write(json.dumps({"qid": qid, "docids": [d for d, _ in hits], "scores": [s for _, s in hits]}) + "\n")
     return path
+
+
+class SingleProcess:
+    """What a method's ``setup`` reads of accelerate's state, for one process."""
+
+    num_processes, process_index = 1, 0
+
+
+def build_flat_index(corpus: Path, model: Path, out: Path) -> Path:
+    """``dretriever index build`` of ``corpus`` into 2 Flat shards (fp32), asserting it succeeds."""
+    from dretriever.cli import main
+
+    assert main(["index", "build", "--corpus", str(corpus), "--output", str(out), "--model", str(model),
+                 "--shards", "2", "--precision", "fp32"]) == 0
+    return out
