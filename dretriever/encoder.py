@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from .errors import DretrieverError
+from .stages import stage
 from .models import resolve_model
 
 CONFIG_NAME = "dretriever.json"
@@ -274,7 +275,8 @@ class BiEncoder(nn.Module):
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        tokens = self.tokenize(texts, side, pad=False)
+        with stage("tokenize"):
+            tokens = self.tokenize(texts, side, pad=False)
         order = np.argsort([-len(ids) for ids in tokens["input_ids"]], kind="stable")
         device = self.device
         was_training = self.training
@@ -283,8 +285,11 @@ class BiEncoder(nn.Module):
         with torch.inference_mode(), autocast(device, precision):
             for start in range(0, len(texts), batch_size):
                 idx = order[start:start + batch_size]
-                batch = self.tokenizer.pad({k: [tokens[k][i] for i in idx] for k in tokens.keys()}, return_tensors="pt")
-                out[idx] = self.embed(batch, side).float().cpu().numpy()
+                with stage("tokenize"):
+                    batch = self.tokenizer.pad({k: [tokens[k][i] for i in idx] for k in tokens.keys()},
+                                               return_tensors="pt")
+                with stage("encode"):
+                    out[idx] = self.embed(batch, side).float().cpu().numpy()
                 bar.update(len(idx))
         bar.close()
         self.train(was_training)

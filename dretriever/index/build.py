@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from ..data.beir import Document
 from ..errors import DataError, DretrieverError
+from ..stages import StageClock, current, stage, staged_iter
 from . import manifest as mf
 from . import vectors as vf
 from .atomic import fsync_dir, sha256_file
@@ -206,6 +207,14 @@ class Builder:
 
     # ------------------------------------------------------------------ driver
     def run(self, overwrite: bool) -> dict:
+        if current() is not None:  # a caller (a benchmark) holds the clock
+            return self._run(overwrite)
+        with StageClock() as clock:
+            manifest = self._run(overwrite)
+        log.info("index build: %.1f s: %s", clock.wall, clock.summary())
+        return manifest
+
+    def _run(self, overwrite: bool) -> dict:
         d = self.dist
         log.info("index build: world size %d (this is rank %d)", d.world, d.rank)
         if d.rank == 0:
@@ -316,7 +325,7 @@ class Builder:
                      if self.source.has_vectors else {})
         buffers: dict[int, list] = {i: [] for i in todo}
         bar = tqdm(desc="read sources", unit="row", disable=not self.s.progress)
-        for batch in self.source.batches():
+        for batch in staged_iter(self.source.batches(), "read"):
             for s in np.unique(batch.shards):
                 s = int(s)
                 if s not in want:
@@ -324,20 +333,23 @@ class Builder:
                 rows = np.flatnonzero(batch.shards == s)
                 buffers[s].extend((batch.ids[j], batch.docs[j] if batch.docs else None, batch.location(j))
                                   for j in rows)
-                if appenders:
-                    appenders[s].append(batch.vectors[rows])
-                if len(buffers[s]) >= FLUSH_ROWS:
-                    self._flush(writers[s], buffers[s])
+                with stage("write"):
+                    if appenders:
+                        appenders[s].append(batch.vectors[rows])
+                    if len(buffers[s]) >= FLUSH_ROWS:
+                        self._flush(writers[s], buffers[s])
             bar.update(len(batch.ids))
         bar.close()
-        for i in todo:
-            self._flush(writers[i], buffers[i])
-            writers[i].close()
-            if appenders:
-                appenders[i].close()
-            fsync_dir(partial_dir(out, i))
+        with stage("write"):
+            for i in todo:
+                self._flush(writers[i], buffers[i])
+                writers[i].close()
+                if appenders:
+                    appenders[i].close()
+                fsync_dir(partial_dir(out, i))
         counts = {i: writers[i].count for i in todo}
-        sums = {i: sha256_file(partial_dir(out, i) / DOCSTORE) for i in todo}
+        with stage("checksum"):
+            sums = {i: sha256_file(partial_dir(out, i) / DOCSTORE) for i in todo}
         sizes = {i: (partial_dir(out, i) / DOCSTORE).stat().st_size for i in todo}
 
         def staged(m):
@@ -387,7 +399,8 @@ class Builder:
                                                       precision=self.s.precision, progress=self.s.progress))
         sample = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
         log.info("training %s on %d vectors sampled across %d shards", factory, len(sample), len(counts))
-        probe.train(sample)
+        with stage("index"):
+            probe.train(sample)
         tmp = out / f".{TRAINED}.tmp-{os.getpid()}"
         faiss.write_index(probe, str(tmp))
         os.replace(tmp, out / TRAINED)
@@ -407,13 +420,15 @@ class Builder:
                    disable=not self.s.progress)
         for start in range(done, n, self.s.chunk_docs):
             stop = min(start + self.s.chunk_docs, n)
-            rows = list(store.rows(start, stop))
+            with stage("spool"):  # the staged rows read back (the price of one pass over the sources)
+                rows = list(store.rows(start, stop))
             vectors = self.encoder.encode_docs([doc.contents for _, doc in rows], batch_size=self.s.batch_size,
                                                precision=self.s.precision)
-            appender.append(vectors)
-            appender.commit()
-            mf.update_manifest(out, lambda m, stop=stop, start=start: _commit_chunk(m["shards"][i], start, stop,
-                                                                                     self.run_id))
+            with stage("write"):
+                appender.append(vectors)
+                appender.commit()
+                mf.update_manifest(out, lambda m, stop=stop, start=start: _commit_chunk(m["shards"][i], start, stop,
+                                                                                         self.run_id))
             bar.update(stop - start)
         bar.close()
         appender.close()
@@ -430,23 +445,26 @@ class Builder:
             index = faiss.read_index(str(out / TRAINED))
         else:
             index = faiss.index_factory(dim, self.s.factory, faiss.METRIC_INNER_PRODUCT)
-        for start in range(0, len(vectors), 65536):
-            index.add(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32))
-        tmp = part / f".index.tmp-{os.getpid()}"
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, part / "index")
-        del index
-        store = DocStore(part / DOCSTORE)
-        write_docids(part, (docid for docid, _ in store.rows()))
-        store.close()
-        files = list(mf.SHARD_FILES)
-        if self.s.keep_vectors != "none":
-            kept = vf.filename(self.s.keep_vectors)
-            if kept != vf.WORK:
-                vf.convert(part / vf.WORK, part / kept, dim)
-            files.append(kept)
-        fsync_dir(part)
-        sums = {f: sha256_file(part / f) for f in files}
+        with stage("index"):
+            for start in range(0, len(vectors), 65536):
+                index.add(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32))
+        with stage("write"):
+            tmp = part / f".index.tmp-{os.getpid()}"
+            faiss.write_index(index, str(tmp))
+            os.replace(tmp, part / "index")
+            del index
+            store = DocStore(part / DOCSTORE)
+            write_docids(part, (docid for docid, _ in store.rows()))
+            store.close()
+            files = list(mf.SHARD_FILES)
+            if self.s.keep_vectors != "none":
+                kept = vf.filename(self.s.keep_vectors)
+                if kept != vf.WORK:
+                    vf.convert(part / vf.WORK, part / kept, dim)
+                files.append(kept)
+            fsync_dir(part)
+        with stage("checksum"):
+            sums = {f: sha256_file(part / f) for f in files}
         sizes = {f: (part / f).stat().st_size for f in files}
         final = out / name
         if final.exists():  # a stale shard from a crashed run, never marked done

@@ -22,6 +22,7 @@ from ..data.beir import Document
 from ..data.readers import FORMATS, Fields, describe, read_records
 from ..encoder import BiEncoder
 from ..errors import DataError, DretrieverError
+from ..stages import stage
 from .bm25 import build_bm25_index
 from .build import ShardedSource, build_index, iter_batches
 from .chunking import ChunkConfig, Chunker, parent_id, passage_id
@@ -95,7 +96,9 @@ def passage_source(args: DatastoreArgs, chunker: Chunker) -> ShardedSource:
             for rec in read_records(src, args.format, args.fields):
                 empty = False
                 shard = shard_of(rec.id, args.shards)
-                for j, text in enumerate(chunker.split(rec.text)):
+                with stage("chunk"):
+                    pieces = chunker.split(rec.text)
+                for j, text in enumerate(pieces):
                     yield shard, passage_id(rec.id, j), Document(rec.title, text, {**rec.metadata, "doc_id": rec.id,
                                                                                   "chunk": j}), rec.where
             if empty:
@@ -114,7 +117,9 @@ def passage_source(args: DatastoreArgs, chunker: Chunker) -> ShardedSource:
 
 def build_datastore(args: DatastoreArgs, encoder: BiEncoder | None = None) -> dict:
     """Build (or resume) the datastore described by ``args``; returns its manifest."""
-    encoder = encoder or BiEncoder.from_pretrained(args.model)
+    if encoder is None:
+        with stage("load"):
+            encoder = BiEncoder.from_pretrained(args.model)
     source = passage_source(args, Chunker(args.chunk_config, encoder.tokenizer))
     manifest = build_index(source, encoder, args.output, model=args.model, factory=args.factory,
                            batch_size=args.batch_size, precision=args.precision, chunk_docs=args.chunk_docs,
