@@ -21,8 +21,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from .errors import DretrieverError
-from .stages import stage
 from .models import resolve_model
+from .stages import stage
 
 CONFIG_NAME = "dretriever.json"
 DOC_TOWER_DIR = "doc_encoder"

@@ -23,6 +23,8 @@ A build runs in phases, each recorded in the manifest so that a killed build res
    ``shard-NNNNN`` and the shard marked done. A rerun skips done shards.
 
 Partial work lives only in dot-folders ending ``.partial`` or ``.tmp-PID`` and is never marked done.
+A build ends by logging its wall time per stage (``dretriever.stages``: read, write, spool, tokenize, encode,
+index, checksum).
 Under ``accelerate launch`` or ``torchrun``, rank 0 stages and trains; rank ``r`` of ``w`` then encodes
 and finishes shards ``r, r+w, r+2w, ...``.
 """
