@@ -35,12 +35,13 @@ class DatastoreEvalArgs:
     nprobe: int | None = field(default=None, metadata={"help": "IVF lists probed per query"})
     rerank: int = field(default=0, metadata={"help": "re-score the top-R approximate candidates exactly from the "
                                                      "vectors kept on disk (datastore built with --keep_vectors)"})
+    precision: str = field(default="auto", metadata={"help": "query encoding: auto | fp32 | bf16 | fp16"})
 
 
 def main(argv) -> int:
     args = parse(DatastoreEvalArgs, argv)
     ds = load_beir(args.data, split=args.split)
-    retriever = Retriever.load(args.index, mode=args.mode)
+    retriever = Retriever.load(args.index, mode=args.mode, precision=args.precision)
     retriever.index.set_search_params(rerank=args.rerank, **({"nprobe": args.nprobe} if args.nprobe else {}))
     run = remove_query_ids(retriever.run(ds.queries, k=args.k))
     out = Path(args.output_dir)
