@@ -52,12 +52,9 @@ class StageClock:
         self._charge()
         self._stack.pop()
 
-    def shares(self) -> dict[str, float]:
-        total = sum(self.seconds.values()) or 1.0
-        return {k: v / total for k, v in sorted(self.seconds.items(), key=lambda kv: -kv[1])}
-
     def summary(self) -> str:
-        return ", ".join(f"{k} {v:.1f} s ({100 * self.seconds[k] / (sum(self.seconds.values()) or 1):.0f} %)"
+        total = sum(self.seconds.values()) or 1.0
+        return ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f} %)"
                          for k, v in sorted(self.seconds.items(), key=lambda kv: -kv[1]))
 
 
