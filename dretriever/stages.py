@@ -44,6 +44,11 @@ class StageClock:
         self.seconds[name] = self.seconds.get(name, 0.0) + now - self._since
         self._since = now
 
+    @property
+    def stage(self) -> str | None:
+        """The innermost open stage (readable from another thread, e.g. a memory sampler)."""
+        return self._stack[-1] if self._stack else None
+
     def push(self, name: str) -> None:
         self._charge()
         self._stack.append(name)

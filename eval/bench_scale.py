@@ -79,25 +79,43 @@ def anon_rss() -> int:
 
 
 class PeakRss:
-    """Samples RssAnon every 10 ms in a thread; ``peak`` is the largest value seen."""
+    """Samples RssAnon every ``interval`` seconds in a thread; ``peak`` is the largest value seen.
 
-    def __init__(self):
-        self.peak, self._stop = anon_rss(), threading.Event()
+    A sampled peak is a lower bound: a spike shorter than the interval can fall between two samples, and a
+    longer run gets more chances to catch one. ``ru_maxrss`` (the kernel's exact high-water mark, file-backed
+    pages included) is the figure to compare runs of different lengths by.
+
+    ``label()`` (optional, e.g. the build's current stage) is read with each sample: ``peak_label`` is the
+    label at the peak, and ``trace`` keeps ``(seconds, bytes, label)`` whenever RssAnon moved by 4 MiB or more,
+    so a report can show where memory grows.
+    """
+
+    def __init__(self, label=None, interval: float = 0.01):
+        self.peak, self._stop, self.interval = anon_rss(), threading.Event(), interval
+        self.label, self.peak_label, self.trace = label, None, []
         self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        rss, label = anon_rss(), self.label() if self.label else None
+        if rss > self.peak:
+            self.peak, self.peak_label = rss, label
+        if not self.trace or abs(rss - self.trace[-1][1]) >= 4 << 20:
+            self.trace.append((round(time.perf_counter() - self._t0, 2), rss, label))
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, anon_rss())
-            time.sleep(0.01)
+            self._sample()
+            time.sleep(self.interval)
 
     def __enter__(self):
+        self._t0 = time.perf_counter()
         self._t.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, anon_rss())
+        self._sample()
 
 
 # ---------------------------------------------------------------- data

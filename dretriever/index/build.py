@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ..data.beir import Document
 from ..errors import DataError, DretrieverError
+from ..heap import trim_heap
 from ..stages import StageClock, current, stage, staged_iter
 from . import manifest as mf
 from . import vectors as vf
@@ -432,6 +433,7 @@ class Builder:
                 mf.update_manifest(out, lambda m, stop=stop, start=start: _commit_chunk(m["shards"][i], start, stop,
                                                                                          self.run_id))
             bar.update(stop - start)
+            trim_heap()  # else freed chunk memory fragments the heap and the peak creeps up chunk by chunk
         bar.close()
         appender.close()
         store.close()

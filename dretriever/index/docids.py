@@ -7,6 +7,8 @@ Opening costs nothing; looking up ids reads only the pages that hold them.
 from __future__ import annotations
 
 import os
+import sys
+from array import array
 from pathlib import Path
 from typing import Iterable
 
@@ -19,21 +21,33 @@ OFFSETS = "docid.offsets"
 
 
 def write_docids(folder: Path, ids: Iterable[str]) -> int:
-    """Write ``docid`` and ``docid.offsets`` in ``folder``; returns the number of ids."""
-    offsets = [0]
-    with open(folder / DOCID, "wb") as f:
+    """Write ``docid`` and ``docid.offsets`` in ``folder``; returns the number of ids.
+
+    Both files are streamed (offsets go out in blocks of 64k), so memory does not grow with the shard.
+    """
+    count, end = 0, 0
+    block = array("Q", [0])
+    with open(folder / DOCID, "wb") as f, open(folder / OFFSETS, "wb") as g:
         for docid in ids:
             line = docid.encode("utf-8") + b"\n"
             f.write(line)
-            offsets.append(offsets[-1] + len(line))
-        f.flush()
-        os.fsync(f.fileno())
-    arr = np.asarray(offsets, dtype="<u8")
-    with open(folder / OFFSETS, "wb") as f:
-        f.write(arr.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    return len(offsets) - 1
+            end += len(line)
+            block.append(end)
+            count += 1
+            if len(block) >= 1 << 16:
+                _write_offsets(g, block)
+                block = array("Q")
+        _write_offsets(g, block)
+        for h in (f, g):
+            h.flush()
+            os.fsync(h.fileno())
+    return count
+
+
+def _write_offsets(f, block: array) -> None:
+    if sys.byteorder != "little":  # the file format is little-endian uint64
+        block.byteswap()
+    f.write(block.tobytes())
 
 
 class DocIds:
