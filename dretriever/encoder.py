@@ -29,7 +29,7 @@ from .token_batches import TokenRows, plan_batches
 CONFIG_NAME = "dretriever.json"
 DOC_TOWER_DIR = "doc_encoder"
 # padded tokens per inference batch (rows x longest row); chosen by measurement, eval/reports/encode/README.md
-DEFAULT_MAX_TOKENS = 4096
+DEFAULT_MAX_TOKENS = 1024
 
 
 @dataclass
