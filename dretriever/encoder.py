@@ -28,7 +28,7 @@ from .token_batches import TokenRows, plan_batches
 
 CONFIG_NAME = "dretriever.json"
 DOC_TOWER_DIR = "doc_encoder"
-# padded tokens per inference batch (rows x longest row); chosen by measurement, eval/reports/encode/README.md
+# padded tokens per inference batch on a CPU (rows x longest row); chosen by measurement, eval/reports/encode/
 DEFAULT_MAX_TOKENS = 1024
 
 
@@ -290,14 +290,15 @@ class BiEncoder(nn.Module):
 
     # ---------------------------------------------------------------- inference
     def encode(self, texts: list[str], side: str, batch_size: int = 64, precision: str = "auto",
-               progress: bool = False, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> np.ndarray:
+               progress: bool = False, max_tokens: int | str | None = "auto") -> np.ndarray:
         """Embed ``texts`` (float32, input order) in length-sorted batches under ``inference_mode``.
 
         Texts are tokenized once and sorted by token count (longest first, so memory peaks at once and
         padding is minimal); each batch holds at most ``batch_size`` texts and at most ``max_tokens``
-        padded tokens (``None``: a fixed ``batch_size`` texts; see :mod:`dretriever.token_batches` for
-        why a token budget), is padded by one numpy gather, and is embedded under autocast when
-        ``precision`` allows.
+        padded tokens (``None``: a fixed ``batch_size`` texts; "auto": :data:`DEFAULT_MAX_TOKENS` on a CPU,
+        where small batches keep the activations in cache, and ``None`` on a GPU, which wants large batches;
+        see :mod:`dretriever.token_batches`), is padded by one numpy gather, and is embedded under autocast
+        when ``precision`` allows.
         """
         from tqdm.auto import tqdm
 
@@ -307,6 +308,8 @@ class BiEncoder(nn.Module):
         with stage("tokenize"):
             rows = self.token_rows(texts, side)
         device = self.device
+        if max_tokens == "auto":
+            max_tokens = DEFAULT_MAX_TOKENS if device.type == "cpu" else None
         was_training = self.training
         self.eval()
         runtime = None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..encoder import DEFAULT_MAX_TOKENS, BiEncoder
+from ..encoder import BiEncoder
 from ..errors import DretrieverError
 from ..index.sharded import ShardedIndex
 from .types import Run
@@ -49,7 +49,7 @@ class DenseSearcher:
     """Batched query encoding (token-budget batches of length-sorted queries) + exact merge over shards."""
 
     def __init__(self, index: ShardedIndex, encoder: BiEncoder, batch_size: int = 128, precision: str = "auto",
-                 max_tokens: int | None = DEFAULT_MAX_TOKENS):
+                 max_tokens: int | str | None = "auto"):
         self.index, self.encoder = index, encoder
         self.batch_size, self.precision, self.max_tokens = batch_size, precision, max_tokens
 

@@ -16,7 +16,6 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..encoder import DEFAULT_MAX_TOKENS
 from ..errors import DretrieverError
 from ..index.datastore import BM25_DIR
 from ..index.sharded import ShardedIndex
@@ -69,7 +68,7 @@ class Retriever:
     def load(cls, root: str | Path, mode: str = "dense", model: str | None = None, fusion: str = "rrf",
              alpha: float = 0.5, fusion_depth: int = 100, verify: bool = False, batch_size: int = 128,
              precision: str = "auto", backend: str | None = None,
-             max_tokens: int | None = DEFAULT_MAX_TOKENS) -> "Retriever":
+             max_tokens: int | str | None = "auto") -> "Retriever":
         """Open the index at ``root`` (and its ``bm25/`` Lucene index when present). Queries are encoded with
         the index's backend (``backend`` overrides it) in batches of at most ``batch_size`` queries and
         ``max_tokens`` padded tokens."""
