@@ -22,10 +22,14 @@ from transformers import AutoModel, AutoTokenizer
 
 from .errors import DretrieverError
 from .models import resolve_model
+from .runtime import check_backend
 from .stages import stage
+from .token_batches import TokenRows, plan_batches
 
 CONFIG_NAME = "dretriever.json"
 DOC_TOWER_DIR = "doc_encoder"
+# padded tokens per inference batch on a CPU (rows x longest row); chosen by measurement, eval/reports/encode/
+DEFAULT_MAX_TOKENS = 1024
 
 
 @dataclass
@@ -134,20 +138,27 @@ def _config_from_st_layout(path: Path) -> dict:
 class BiEncoder(nn.Module):
     """Query and document towers (tied by default) with pooling and normalisation."""
 
-    def __init__(self, query_model: nn.Module, tokenizer, config: EncoderConfig, doc_model: nn.Module | None = None):
+    def __init__(self, query_model: nn.Module, tokenizer, config: EncoderConfig, doc_model: nn.Module | None = None,
+                 backend: str = "torch"):
         super().__init__()
         self.query_model = query_model
         self.doc_model = doc_model  # None: tied towers
         self.tokenizer = tokenizer
         self.config = config
+        self.source: Path | None = None  # the folder the weights came from (where an exported runtime is cached)
+        self.backend = check_backend(backend)
+        self._runtimes: dict = {}
 
     # ---------------------------------------------------------------- loading and saving
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, untie: bool = False, **overrides) -> "BiEncoder":
+    def from_pretrained(cls, name_or_path: str | os.PathLike, untie: bool = False, backend: str = "torch",
+                        **overrides) -> "BiEncoder":
         """Load a dretriever, sentence-transformers or plain Hugging Face model.
 
         ``overrides`` are :class:`EncoderConfig` fields; ``None`` values are ignored.
         ``untie=True`` starts a separate document tower as a copy of the query tower.
+        ``backend`` runs inference (:meth:`encode`) in torch or, exported once, in ONNX Runtime ("onnx");
+        training always runs in torch.
         """
         resolved = resolve_model(name_or_path)
         path = Path(resolved)
@@ -166,7 +177,9 @@ class BiEncoder(nn.Module):
             doc_model = AutoModel.from_pretrained(path / DOC_TOWER_DIR)
         elif untie:
             doc_model = AutoModel.from_pretrained(resolved)
-        return cls(query_model, tokenizer, config, doc_model)
+        encoder = cls(query_model, tokenizer, config, doc_model, backend=backend)
+        encoder.source = path if path.is_dir() else None
+        return encoder
 
     def save_pretrained(self, out: str | os.PathLike) -> None:
         """Write the sentence-transformers layout (query tower at the root, doc tower in ``doc_encoder/``)."""
@@ -256,19 +269,36 @@ class BiEncoder(nn.Module):
         """Pooled (and normalised) embeddings for a tokenized batch, with gradients if enabled."""
         batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         hidden = self.tower(side)(**batch).last_hidden_state
-        emb = pool(hidden.float(), batch["attention_mask"], self.config.pooling)
+        return self._pool(hidden, batch["attention_mask"])
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        emb = pool(hidden.float(), mask, self.config.pooling)
         return F.normalize(emb, dim=-1) if self.config.normalize else emb
+
+    def runtime(self, side: str):
+        """The exported tower for ``side`` under the ``onnx`` backend (exported on first use, then cached)."""
+        tower = "query" if side == "query" or self.tied else "doc"
+        if tower not in self._runtimes:
+            from .runtime import OnnxTower, cache_dir
+
+            key = f"{tower}-{self.fingerprint()[:16]}"
+            self._runtimes[tower] = OnnxTower(self.tower(side), cache_dir(self.source), key)
+        return self._runtimes[tower]
 
     def forward(self, batch, side: str) -> torch.Tensor:
         return self.embed(batch, side)
 
     # ---------------------------------------------------------------- inference
     def encode(self, texts: list[str], side: str, batch_size: int = 64, precision: str = "auto",
-               progress: bool = False) -> np.ndarray:
+               progress: bool = False, max_tokens: int | str | None = "auto") -> np.ndarray:
         """Embed ``texts`` (float32, input order) in length-sorted batches under ``inference_mode``.
 
-        Texts are tokenized once, sorted by token count (longest first, so memory peaks at once and
-        padding is minimal), padded per batch, and embedded under autocast when ``precision`` allows.
+        Texts are tokenized once and sorted by token count (longest first, so memory peaks at once and
+        padding is minimal); each batch holds at most ``batch_size`` texts and at most ``max_tokens``
+        padded tokens (``None``: a fixed ``batch_size`` texts; "auto": :data:`DEFAULT_MAX_TOKENS` on a CPU,
+        where small batches keep the activations in cache, and ``None`` on a GPU, which wants large batches;
+        see :mod:`dretriever.token_batches`), is padded by one numpy gather, and is embedded under autocast
+        when ``precision`` allows.
         """
         from tqdm.auto import tqdm
 
@@ -276,24 +306,37 @@ class BiEncoder(nn.Module):
         if not texts:
             return out
         with stage("tokenize"):
-            tokens = self.tokenize(texts, side, pad=False)
-        order = np.argsort([-len(ids) for ids in tokens["input_ids"]], kind="stable")
+            rows = self.token_rows(texts, side)
         device = self.device
+        if max_tokens == "auto":
+            max_tokens = DEFAULT_MAX_TOKENS if device.type == "cpu" else None
         was_training = self.training
         self.eval()
+        runtime = None
+        if self.backend != "torch":
+            if precision not in ("auto", "fp32"):
+                raise DretrieverError(f"precision: the {self.backend} backend runs fp32, got {precision!r}")
+            precision, runtime = "fp32", self.runtime(side)
         bar = tqdm(total=len(texts), desc=f"encode {side}s", unit=side, disable=not progress, leave=False)
         with torch.inference_mode(), autocast(device, precision):
-            for start in range(0, len(texts), batch_size):
-                idx = order[start:start + batch_size]
+            for idx in plan_batches(rows.lengths, batch_size, max_tokens):
                 with stage("tokenize"):
-                    batch = self.tokenizer.pad({k: [tokens[k][i] for i in idx] for k in tokens.keys()},
-                                               return_tensors="pt")
+                    batch = rows.batch(idx)
                 with stage("encode"):
-                    out[idx] = self.embed(batch, side).float().cpu().numpy()
+                    emb = self.embed(batch, side) if runtime is None else self._pool(runtime(batch),
+                                                                                     batch["attention_mask"])
+                    out[idx] = emb.float().cpu().numpy()
                 bar.update(len(idx))
         bar.close()
         self.train(was_training)
         return out
+
+    def token_rows(self, texts: list[str], side: str) -> TokenRows:
+        """``texts`` tokenized (prefix, truncation) without padding, held flat for :meth:`TokenRows.batch`."""
+        tokens = self.tokenize(texts, side, pad=False)
+        tok = self.tokenizer
+        pads = {"input_ids": tok.pad_token_id, "token_type_ids": tok.pad_token_type_id}
+        return TokenRows(dict(tokens), pads, tok.padding_side)
 
     def encode_queries(self, queries: list[str], **kw) -> np.ndarray:
         return self.encode(queries, "query", **kw)

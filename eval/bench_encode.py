@@ -1,81 +1,233 @@
-"""Document-encoding throughput: sentence-transformers ``encode()`` (its defaults) against dretriever.
+"""Encoding throughput: sentence-transformers ``encode()`` against dretriever, at one precision, each at its best.
 
-Both encode the same SciFact documents (title + text, max 256 tokens) with all-MiniLM-L6-v2 in one
-process, alternating, ``--runs`` times. Prints docs/s of each (median), the ratio, and the minimum cosine
-between the two embeddings of each document. dretriever runs with ``--precision`` (default auto: bf16
-autocast on CPUs with native bf16, fp32 elsewhere).
+Both sides embed the same SciFact texts (documents: title + text, max 256 tokens; or ``--texts queries``: the
+300 test queries) with all-MiniLM-L6-v2, in one process and one run, at the same ``--precision``:
 
-    python eval/bench_encode.py --data ../shared/beir/scifact --docs 1000 --runs 3
+- fp32: plain fp32 on both sides;
+- bf16: dretriever under bf16 autocast; sentence-transformers both under bf16 autocast and with its weights
+  cast to bf16 (whichever is faster counts).
+
+Each side runs at its own best setting: a sweep over ``--st_batch_sizes`` (per sentence-transformers backend:
+torch, and onnx / openvino where their optimum packages import) and over dretriever's ``--max_tokens``
+budgets (per dretriever backend) on ``--sweep_texts`` texts, one timing each; the fastest setting of every
+(side, backend) is then timed ``--runs`` times on all texts, alternating, and the medians are compared.
+Before any of it, a plain GEMM of the model's shapes gives the fp32 and bf16 ceiling of the cores right now;
+every rate is also printed as achieved GFLOP/s (useful work: real tokens only, no padding). Min cosine is
+against sentence-transformers torch fp32 (batch 32).
+
+    python eval/bench_encode.py --precision fp32 --docs 1000 --runs 3
+    python eval/bench_encode.py --precision bf16 --docs 1000 --runs 3
+    python eval/bench_encode.py --precision fp32 --texts queries --runs 5
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import platform
 import statistics
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
+REPO = Path(__file__).resolve().parent.parent
+for p in (str(REPO), str(REPO / "eval")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+from hardware import describe, encoder_flops, gemm_ceiling, machine  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/beir/scifact")
-    p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
-    p.add_argument("--docs", type=int, default=1000)
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--batch_size", type=int, default=64, help="dretriever batch size (its default: 64)")
-    p.add_argument("--precision", default="auto")
-    args = p.parse_args()
+@dataclass
+class Setting:
+    side: str  # "sentence-transformers" | "dretriever"
+    backend: str  # torch | onnx | openvino (+ "/autocast" or "/bf16-weights" for sentence-transformers bf16)
+    knob: str  # "batch 32" | "max_tokens 4096"
+    run: Callable[[list[str]], np.ndarray]
 
+    @property
+    def name(self) -> str:
+        return f"{self.side} {self.backend} {self.knob}"
+
+    @property
+    def group(self) -> str:
+        return f"{self.side} {self.backend}"
+
+
+def load_texts(data: Path, which: str, n: int) -> list[str]:
+    from dretriever.data.beir import load_beir, load_corpus
+
+    if which == "docs":
+        return [d.contents for d in list(load_corpus(data / "corpus.jsonl").values())[:n]]
+    ds = load_beir(data, split="test")
+    return [ds.queries[q] for q in ds.queries][:n]
+
+
+def st_settings(args, path: str) -> tuple[list[Setting], dict]:
+    """sentence-transformers settings to sweep, and why a backend is missing."""
     from sentence_transformers import SentenceTransformer
 
-    from dretriever.data.beir import load_corpus
-    from dretriever.encoder import BiEncoder, autocast_dtype
+    settings, missing = [], {}
+    variants = [("torch", None)] if args.precision == "fp32" else [("torch/autocast", "autocast"),
+                                                                   ("torch/bf16-weights", "weights")]
+    if args.precision == "fp32":
+        variants += [(b, None) for b in args.st_backends if b != "torch"]
+    for backend, bf16 in variants:
+        try:
+            kw = {"backend": backend} if backend in ("onnx", "openvino") else {}
+            model = SentenceTransformer(path, device="cpu", **kw)
+            if bf16 == "weights":
+                model = model.to(torch.bfloat16)
+            model.encode(["warm-up"])
+        except Exception as e:  # noqa: BLE001  (the missing optimum packages raise various errors)
+            missing[backend] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            continue
+
+        def run(texts, bs, model=model, bf16=bf16):
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 == "autocast" else contextlib.nullcontext()
+            with ctx:
+                emb = model.encode(texts, batch_size=bs, convert_to_tensor=True)
+            return emb.float().cpu().numpy()
+
+        for bs in args.st_batch_sizes:
+            settings.append(Setting("sentence-transformers", backend, f"batch {bs}",
+                                    lambda texts, bs=bs, run=run: run(texts, bs)))
+    return settings, missing
+
+
+def our_settings(args, side: str) -> tuple[list[Setting], dict]:
+    from dretriever.encoder import BiEncoder
+
+    settings, missing = [], {}
+    for backend in args.our_backends:
+        try:
+            enc = BiEncoder.from_pretrained(args.model, backend=backend)
+            enc.encode(["warm-up"], side, precision=args.precision)
+        except Exception as e:  # noqa: BLE001
+            missing[backend] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            continue
+        for budget in args.max_tokens:
+            mt = None if budget == 0 else budget
+            knob = f"max_tokens {budget}" if mt else f"fixed batch {args.batch_size}"
+            settings.append(Setting("dretriever", backend, knob, lambda texts, enc=enc, mt=mt: enc.encode(
+                texts, side, batch_size=args.batch_size if mt is None else 100_000, precision=args.precision,
+                max_tokens=mt)))
+    return settings, missing
+
+
+def timed(setting: Setting, texts: list[str]) -> tuple[float, np.ndarray]:
+    t = time.perf_counter()
+    emb = setting.run(texts)
+    return time.perf_counter() - t, emb
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "beir" / "scifact"))
+    p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
+    p.add_argument("--texts", choices=["docs", "queries"], default="docs")
+    p.add_argument("--docs", type=int, default=1000, help="how many texts (documents, or queries up to 300)")
+    p.add_argument("--sweep_texts", type=int, default=200, help="texts per sweep timing (0: no sweep, first settings)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both sides")
+    p.add_argument("--st_batch_sizes", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    p.add_argument("--st_backends", nargs="+", default=["torch", "onnx", "openvino"])
+    p.add_argument("--max_tokens", type=int, nargs="+", default=[0, 1024, 2048, 4096, 8192, 16384],
+                   help="dretriever token budgets to sweep (0: fixed --batch_size texts per batch)")
+    p.add_argument("--batch_size", type=int, default=64, help="dretriever's fixed batch size (for --max_tokens 0)")
+    p.add_argument("--our_backends", nargs="+", default=["torch", "onnx"])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--output", default="", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoConfig
+
     from dretriever.models import resolve_model
 
-    corpus = load_corpus(Path(args.data) / "corpus.jsonl")
-    docs = [d.contents for d in list(corpus.values())[: args.docs]]
-    st = SentenceTransformer(resolve_model(args.model), device="cpu")
-    ours = BiEncoder.from_pretrained(args.model)
-    dtype = autocast_dtype(ours.device, args.precision)
-    print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"native bf16: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
-    print(f"{len(docs)} documents; dretriever precision={args.precision} -> {dtype or 'fp32'}, "
-          f"batch {args.batch_size}; sentence-transformers encode() defaults (batch 32, fp32)")
+    path = resolve_model(args.model)
+    texts = load_texts(Path(args.data), args.texts, args.docs)
+    m = machine()
+    print(describe(m))
+    config = AutoConfig.from_pretrained(path)
+    ceiling = gemm_ceiling(config.hidden_size, config.intermediate_size)
+    print(f"GEMM ceiling ({ceiling['shape']}, torch.matmul): fp32 {ceiling['fp32']:.1f} GFLOP/s, "
+          f"bf16 {ceiling['bf16']:.1f} GFLOP/s")
+    reference = SentenceTransformer(path, device="cpu")
+    lengths = reference.tokenize(texts)["attention_mask"].sum(1).tolist()  # real tokens per text
+    flops = encoder_flops(config, lengths)
+    print(f"{len(texts)} {args.texts} ({sum(lengths)} tokens, {flops / 1e9:.1f} GFLOP of useful work), "
+          f"precision {args.precision} on both sides", flush=True)
+    ref = reference.encode(texts, batch_size=32, convert_to_numpy=True)
+    del reference
 
-    st.encode(docs[:32])  # warm-up both
-    ours.encode_docs(docs[:32], precision=args.precision)
-    st_rates, our_rates, min_cos = [], [], []
+    st, st_missing = st_settings(args, path)
+    ours, our_missing = our_settings(args, "doc" if args.texts == "docs" else "query")
+    for side, missing in (("sentence-transformers", st_missing), ("dretriever", our_missing)):
+        for backend, why in missing.items():
+            print(f"{side} backend {backend}: not available ({why})")
+
+    # sweep: one timing per setting on a subset, the fastest per (side, backend) goes on
+    sweep = {}
+    if args.sweep_texts:
+        subset = texts[:args.sweep_texts]
+        sub_flops = encoder_flops(config, lengths[:args.sweep_texts])
+        print(f"\nsweep on {len(subset)} texts (one timing each):")
+        for s in st + ours:
+            secs, _ = timed(s, subset)
+            sweep[s.name] = len(subset) / secs
+            print(f"  {s.name:55s} {sweep[s.name]:8.1f} texts/s  {sub_flops / secs / 1e9:6.1f} GFLOP/s", flush=True)
+    best: dict[str, Setting] = {}
+    for s in st + ours:
+        if s.group not in best or sweep.get(s.name, 0) > sweep.get(best[s.group].name, 0):
+            best[s.group] = s
+    finalists = list(best.values())
+    print("\nfinal: " + "; ".join(s.name for s in finalists), flush=True)
+
+    rates: dict[str, list[float]] = {s.name: [] for s in finalists}
+    cosines: dict[str, float] = {}
     for run in range(args.runs):
-        t = time.perf_counter()
-        ref = st.encode(docs, convert_to_numpy=True)
-        st_rates.append(len(docs) / (time.perf_counter() - t))
-        t = time.perf_counter()
-        emb = ours.encode_docs(docs, batch_size=args.batch_size, precision=args.precision)
-        our_rates.append(len(docs) / (time.perf_counter() - t))
-        cos = (emb * ref).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
-        min_cos.append(float(cos.min()))
-        print(f"run {run + 1}: sentence-transformers {st_rates[-1]:.1f} docs/s, dretriever {our_rates[-1]:.1f} docs/s, "
-              f"ratio {our_rates[-1] / st_rates[-1]:.2f}, min cosine {min_cos[-1]:.6f}", flush=True)
-    st_med, our_med = statistics.median(st_rates), statistics.median(our_rates)
-    result = {"docs": len(docs), "runs": args.runs, "st_docs_per_s": round(st_med, 2),
-              "dretriever_docs_per_s": round(our_med, 2), "ratio": round(our_med / st_med, 3),
-              "min_cosine": min(min_cos), "precision": str(dtype or "fp32"), "machine": cpu_name()}
-    print(f"median: sentence-transformers {st_med:.1f} docs/s, dretriever {our_med:.1f} docs/s, "
-          f"ratio {our_med / st_med:.2f}, min cosine {min(min_cos):.6f}")
-    print(json.dumps(result))
+        for s in finalists:
+            secs, emb = timed(s, texts)
+            rates[s.name].append(len(texts) / secs)
+            cosines[s.name] = min(cosines.get(s.name, 1.0), min_cosine(emb, ref))
+        print(f"run {run + 1}: " + ", ".join(f"{n} {r[-1]:.1f}/s" for n, r in rates.items()), flush=True)
+
+    med = {n: statistics.median(r) for n, r in rates.items()}
+    gflops = {n: flops * med[n] / len(texts) / 1e9 for n in med}
+    best_st = max((n for n in med if n.startswith("sentence")), key=med.get)
+    best_ours = max((n for n in med if n.startswith("dretriever")), key=med.get)
+    ceil = ceiling["bf16" if args.precision == "bf16" else "fp32"]
+    print(f"\nmedians of {args.runs} runs ({len(texts)} {args.texts}, {args.precision}):")
+    for n in med:
+        print(f"  {n:55s} {med[n]:8.1f} texts/s  {gflops[n]:6.1f} GFLOP/s ({100 * gflops[n] / ceil:.0f} % of the "
+              f"{args.precision} GEMM)  min cosine to st torch fp32 {cosines[n]:.6f}")
+    ratio = med[best_ours] / med[best_st]
+    print(f"best dretriever / best sentence-transformers: {ratio:.2f}x ({best_ours} vs {best_st})")
+    result = {"machine": m, "gemm_ceiling_gflops": ceiling, "texts": args.texts, "n": len(texts),
+              "tokens": sum(lengths), "precision": args.precision, "runs": args.runs, "sweep_texts_per_s": sweep,
+              "texts_per_s": rates, "median_texts_per_s": med, "gflops": gflops, "min_cosine": cosines,
+              "best_st": best_st, "best_dretriever": best_ours, "ratio": ratio,
+              "unavailable": {"sentence-transformers": st_missing, "dretriever": our_missing},
+              "command": "python eval/bench_encode.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    print(json.dumps({k: result[k] for k in ("precision", "best_st", "best_dretriever", "ratio")}))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

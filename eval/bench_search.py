@@ -1,24 +1,29 @@
 """Search benchmark: the Retriever API against Pyserini on SciFact, and Flat/HNSW/IVF-PQ on synthetic vectors.
 
-Part ``scifact`` (one run, medians of ``--repeats`` timings, same machine and process):
-  the API's ``batch_search`` over the 300 test queries at k=1000 *including query encoding*, against
-  Pyserini's ``FaissSearcher.batch_search`` over the same vectors (the shards merged into one Pyserini
-  index directory) with its ``AutoQueryEncoder``; whether both return the same results; and the
-  search-only rate with precomputed query vectors.
+Part ``scifact`` (one run, medians of ``--repeats`` timings, same machine and process, every side at
+``--precision``): the API's ``batch_search`` over the 300 test queries at k=1000 *including query encoding*
+(at its best ``--max_tokens`` budget), against (1) Pyserini's ``FaissSearcher.batch_search`` over the same
+vectors (the shards merged into one Pyserini index directory) with its ``AutoQueryEncoder`` (under the same
+autocast), and (2) sentence-transformers ``encode()`` at its best backend and batch size (swept) followed
+by the same sharded FAISS search; whether they return the same results; the search-only rate with
+precomputed query vectors; the CPU, its flags, the fp32/bf16 GEMM ceiling and each side's GFLOP/s.
 
 Part ``synthetic``: clustered unit vectors (``--centers`` Gaussian clusters around random unit centres,
 noise ``--noise``) in ``--shards`` shards, indexes trained once on a sample across shards; for each
 factory and search parameter: queries/s of the sharded exact-merge search (k=10), recall@10 against
 exact (Flat) search, and index memory (serialized bytes). Recall against queries/s goes to a PNG.
 
-    nice -n 10 python eval/bench_search.py --part scifact --index /tmp/indexes/scifact.all-MiniLM-L6-v2.Flat.s4
+    nice -n 10 python eval/bench_search.py --part scifact --index /tmp/indexes/scifact.all-MiniLM-L6-v2.Flat.s4 \
+        --precision fp32
     nice -n 10 python eval/bench_search.py --part synthetic --sizes 100000 1000000
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import platform
 import statistics
 import tempfile
@@ -36,7 +41,11 @@ from dretriever.errors import DretrieverError
 from dretriever.index.atomic import write_json_atomic
 from dretriever.index.sharded import Shard, ShardedIndex
 from dretriever.models import resolve_model
+from dretriever.encoder import autocast
 from dretriever.search.retriever import Retriever
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # eval/hardware.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # factory -> (search parameter, values swept); IVF-PQ uses 4-bit fast-scan PQ codes re-ranked exactly
 FACTORIES = {
@@ -49,6 +58,12 @@ FACTORIES = {
 @dataclass
 class BenchArgs:
     part: str = field(default="scifact", metadata={"help": "scifact | synthetic"})
+    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16: every side of part scifact"})
+    backend: str = field(default="", metadata={"help": "dretriever's query backend (default: the index's)"})
+    max_tokens: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192],
+                                  metadata={"help": "dretriever token budgets to sweep (0: fixed batches of 128)"})
+    st_backends: list[str] = field(default_factory=lambda: ["torch", "onnx", "openvino"])
+    st_batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 16, 32, 64, 128])
     index: str = "/tmp/indexes/scifact.all-MiniLM-L6-v2.Flat.s4"
     data: str = field(default_factory=lambda: os.path.join(os.environ.get("BEIR_DATA", "../shared/beir"), "scifact"))
     k: int = 1000
@@ -97,40 +112,123 @@ def merged_pyserini_dir(index: ShardedIndex, out: Path) -> Path:
     return out
 
 
+def st_query_encoders(args: BenchArgs, model: str, prefix: str) -> list[tuple[str, object]]:
+    """(name, encode function) per sentence-transformers setting to sweep: backends that import, batch sizes."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    out = []
+    for backend in args.st_backends:
+        try:
+            st = SentenceTransformer(model, device="cpu", **({} if backend == "torch" else {"backend": backend}))
+        except Exception as e:  # noqa: BLE001  (missing optimum packages raise various errors)
+            print(f"sentence-transformers backend {backend}: not available ({str(e).splitlines()[0][:120]})")
+            continue
+        for bs in args.st_batch_sizes:
+            def encode(texts, st=st, bs=bs, backend=backend):
+                ctx = autocast(torch.device("cpu"), args.precision) if backend == "torch" else contextlib.nullcontext()
+                with ctx:
+                    emb = st.encode([prefix + t for t in texts], batch_size=bs, convert_to_tensor=True)
+                return emb.float().numpy()
+            out.append((f"{backend} batch {bs}", encode))
+    return out
+
+
 def bench_scifact(args: BenchArgs) -> dict:
+    import torch
+    from transformers import AutoConfig
+
+    from hardware import describe, encoder_flops, gemm_ceiling, machine as cpu_machine
+
     ds = load_beir(args.data, split="test")
     qids = list(ds.queries)
     texts = [ds.queries[q] for q in qids]
-    retriever = Retriever.load(args.index)
+    retriever = Retriever.load(args.index, precision=args.precision, backend=args.backend or None)
     enc = retriever.index.manifest["encoder"]
     faiss.omp_set_num_threads(args.threads)
+    hw = cpu_machine()
+    print(describe(hw))
+    config = AutoConfig.from_pretrained(resolve_model(enc["model"]))
+    ceiling = gemm_ceiling(config.hidden_size, config.intermediate_size)
+    lengths = retriever.dense.encoder.token_rows(texts, "query").lengths.tolist()
+    flops = encoder_flops(config, lengths)
+    print(f"GEMM ceiling ({ceiling['shape']}): fp32 {ceiling['fp32']:.1f}, bf16 {ceiling['bf16']:.1f} GFLOP/s; "
+          f"{len(texts)} queries, {sum(lengths)} tokens, {flops / 1e9:.1f} GFLOP; precision {args.precision} on every "
+          f"side, backend {retriever.dense.encoder.backend}", flush=True)
     retriever.batch_search(texts[:8], 10)  # warm-up
+
+    # our side at its best token budget (one timing each on all queries)
+    sweep = {}
+    for budget in args.max_tokens:
+        retriever.dense.max_tokens = budget or None
+        t = time.perf_counter()
+        retriever.batch_search(texts, args.k, with_text=False)
+        sweep[f"dretriever max_tokens {budget}"] = len(texts) / (time.perf_counter() - t)
+    best_budget = max(args.max_tokens, key=lambda b: sweep[f"dretriever max_tokens {b}"])
+    retriever.dense.max_tokens = best_budget or None
     api_s, api_all, api = timed(lambda: retriever.batch_search(texts, args.k, with_text=False), args.repeats)
     text_s, text_all, _ = timed(lambda: retriever.batch_search(texts, args.k), args.repeats)
     qvecs = retriever.dense.encode(texts)
     only_s, only_all, _ = timed(lambda: retriever.index.search(qvecs, args.k), args.repeats)
+
+    # sentence-transformers encode() at its best setting + the same sharded FAISS search
+    st_encoders = st_query_encoders(args, resolve_model(enc["model"]), enc["query_prefix"])
+    index = retriever.index
+
+    def st_search(encode):  # the same search and the same (id, score) rows as the API's with_text=False
+        scores, hits = index.search(encode(texts), args.k)
+        return [[(index.docid(sh, pos), float(s)) for (sh, pos), s in zip(row, srow)]
+                for row, srow in zip(hits, scores)]
+
+    for name, encode in st_encoders:
+        encode(texts[:8])
+        t = time.perf_counter()
+        st_search(encode)
+        sweep[f"sentence-transformers {name}"] = len(texts) / (time.perf_counter() - t)
+    st_name, st_encode = max(st_encoders, key=lambda ne: sweep[f"sentence-transformers {ne[0]}"])
+    st_s, st_all, st_rows = timed(lambda: st_search(st_encode), args.repeats)
+    for name, rate in sweep.items():
+        print(f"  sweep: {name:45s} {rate:7.1f} q/s", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         merged_pyserini_dir(retriever.index, Path(tmp))
         encoder = pyserini_env.auto_query_encoder(resolve_model(enc["model"]), pooling=enc["pooling"],
                                                   l2_norm=enc["normalize"], prefix=enc["query_prefix"] or None)
         searcher = pyserini_env.faiss_searcher(tmp, encoder)
-        searcher.batch_search(texts[:8], qids[:8], k=10, threads=args.threads)  # warm-up
-        pys_s, pys_all, pys = timed(lambda: searcher.batch_search(texts, qids, k=args.k, threads=args.threads),
-                                    args.repeats)
+
+        def pyserini_run(n=len(texts), k=args.k):
+            with autocast(torch.device("cpu"), args.precision):
+                return searcher.batch_search(texts[:n], qids[:n], k=k, threads=args.threads)
+
+        pyserini_run(8, 10)  # warm-up
+        pys_s, pys_all, pys = timed(pyserini_run, args.repeats)
     faiss.omp_set_num_threads(args.threads)
 
     same10 = sum([h.id for h in row[:10]] == [h.docid for h in pys[q][:10]] for q, row in zip(qids, api))
+    same10_st = sum([h.id for h in row[:10]] == [d for d, _ in st[:10]] for row, st in zip(api, st_rows))
     overlap = statistics.mean(len({h.id for h in row} & {h.docid for h in pys[q]}) / args.k for q, row in zip(qids, api))
     max_diff = float(max(abs(a.score - float(b.score)) for q, row in zip(qids, api) for a, b in zip(row[:10], pys[q][:10])))
     n = len(texts)
-    return {
+    gflops = {name: flops / secs / 1e9 for name, secs in (("api", api_s), ("st", st_s), ("pyserini", pys_s))}
+    result = {
+        "machine_detail": hw, "gemm_ceiling_gflops": ceiling, "precision": args.precision,
+        "backend": retriever.dense.encoder.backend, "query_tokens": sum(lengths),
         "index": args.index, "queries": n, "k": args.k, "repeats": args.repeats, "threads": args.threads,
+        "best_max_tokens": best_budget, "best_st": st_name, "sweep_qps": sweep,
         "api_qps": n / api_s, "api_with_text_qps": n / text_s, "search_only_qps": n / only_s,
-        "pyserini_qps": n / pys_s, "speedup_vs_pyserini": pys_s / api_s,
-        "seconds": {"api": api_all, "api_with_text": text_all, "search_only": only_all, "pyserini": pys_all},
-        "same_top10_queries": same10, "mean_top1000_overlap": overlap, "max_top10_score_diff": max_diff,
+        "st_encode_plus_search_qps": n / st_s, "pyserini_qps": n / pys_s, "speedup_vs_pyserini": pys_s / api_s,
+        "speedup_vs_st": st_s / api_s, "encoder_gflops_incl_search": gflops,
+        "seconds": {"api": api_all, "api_with_text": text_all, "search_only": only_all, "st": st_all,
+                    "pyserini": pys_all},
+        "same_top10_queries": same10, "same_top10_queries_vs_st": same10_st, "mean_top1000_overlap": overlap,
+        "max_top10_score_diff": max_diff,
     }
+    ceil = ceiling["bf16" if args.precision == "bf16" else "fp32"]
+    print(f"queries/s: dretriever {n / api_s:.1f} ({gflops['api']:.1f} GFLOP/s, {100 * gflops['api'] / ceil:.0f} % of "
+          f"the GEMM), sentence-transformers {st_name} + search {n / st_s:.1f} ({gflops['st']:.1f} GFLOP/s), Pyserini "
+          f"{n / pys_s:.1f} ({gflops['pyserini']:.1f} GFLOP/s); x{pys_s / api_s:.2f} Pyserini, x{st_s / api_s:.2f} "
+          f"sentence-transformers; same top-10 {same10}/{n} (Pyserini), {same10_st}/{n} (sentence-transformers)")
+    return result
 
 
 # ---------------------------------------------------------------- part b: synthetic vectors

@@ -1,9 +1,12 @@
 """Training throughput: dretriever's STAR step against sentence-transformers' own trainer (MNRL).
 
-Same model, same SciFact training triples (query, positive, one hard negative mined by zero-shot MiniLM),
-batch 32, max length 256 on both sides, each side in its fastest precision on this machine. The two
-are measured in one process, interleaved run by run (so background load hits both alike); each run times
-``--steps`` optimizer steps after ``--warmup`` untimed ones. Prints per-run pairs/s and the medians.
+Same model, same SciFact training triples (query, positive, one hard negative mined by zero-shot MiniLM) in
+the same order and batches on both sides (the sentence-transformers trainer's shuffling is replaced by a
+sequential batch sampler), batch 32, max length 256, AdamW + a linear schedule stepped every step on both
+sides, at the precisions given (compare equal ones). The two are measured in one process, interleaved run by
+run (so background load hits both alike); each run times ``--steps`` optimizer steps after ``--warmup``
+untimed ones. Prints the CPU and its flags, the fp32/bf16 GEMM ceiling, per-run pairs/s, the medians and the
+achieved GFLOP/s of each (forward + backward counted as 3x the forward's useful work, padding excluded).
 
     python eval/bench_train.py --runs 3 --steps 4 [--st_precisions fp32 bf16] [--ours_precision fp32]
 
@@ -69,6 +72,10 @@ def bench_ours(rows, ds, batch: int, steps: int, warmup: int, precision: str, da
     items = [(q, p, [n]) for q, _, p, n in rows]
     batches = [{"global": items[i:i + batch], "local": items[i:i + batch]} for i in range(0, len(items) - batch + 1, batch)]
     opt = torch.optim.AdamW(enc.parameters(), lr=2e-5)
+    from transformers import get_scheduler
+
+    # the linear decay the sentence-transformers trainer (HF Trainer) also steps every step
+    schedule = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=warmup + steps)
     times = []
     for s in range(warmup + steps):
         b = batches[s % len(batches)]
@@ -78,6 +85,7 @@ def bench_ours(rows, ds, batch: int, steps: int, warmup: int, precision: str, da
         loss.backward()
         torch.nn.utils.clip_grad_norm_(enc.parameters(), 1.0)
         opt.step()
+        schedule.step()
         opt.zero_grad(set_to_none=True)
         if device != "cpu":
             torch.cuda.synchronize()
@@ -93,6 +101,7 @@ def bench_st(rows, ds, batch: int, steps: int, warmup: int, precision: str, devi
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments)
     from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from torch.utils.data import BatchSampler, SequentialSampler
     from transformers import TrainerCallback
 
     from dretriever.encoder import set_dropout
@@ -109,6 +118,12 @@ def bench_st(rows, ds, batch: int, steps: int, warmup: int, precision: str, devi
                                  "negative": [ds.corpus[r[3]].contents for r in rr]})
     stamps = []
 
+    class InOrder(SentenceTransformerTrainer):
+        """The rows in the order given (HF's trainer shuffles): the same triples in the same batches as ours."""
+
+        def get_batch_sampler(self, dataset, batch_size, drop_last, *a, **kw):
+            return BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last)
+
     class Timer(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             if device != "cpu":
@@ -119,7 +134,7 @@ def bench_st(rows, ds, batch: int, steps: int, warmup: int, precision: str, devi
         output_dir="/tmp/bench-st", per_device_train_batch_size=batch, max_steps=warmup + steps, learning_rate=2e-5,
         warmup_ratio=0.0, bf16=precision == "bf16", fp16=False, use_cpu=device == "cpu", report_to="none",
         save_strategy="no", logging_strategy="no", dataloader_drop_last=True, seed=0)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+    trainer = InOrder(model=model, args=args, train_dataset=dataset,
                                          loss=MultipleNegativesRankingLoss(model, scale=20.0), callbacks=[Timer()])
     trainer.train()
     # the timed steps = from the end of the last warm-up step to the end of the last step, so each one includes
@@ -152,6 +167,22 @@ def main(argv=None) -> int:
     MODEL = a.model
     data, negf = Path(a.data), Path(a.negatives)
     rows, ds = triples(data, negf, a.batch * (a.steps + a.warmup))
+    sys.path.insert(0, str(REPO / "eval"))
+    from hardware import describe, encoder_flops, gemm_ceiling, machine
+    from transformers import AutoConfig, AutoTokenizer
+
+    from dretriever.models import resolve_model
+
+    hw = machine()
+    print(describe(hw))
+    config = AutoConfig.from_pretrained(resolve_model(MODEL))
+    ceiling = gemm_ceiling(config.hidden_size, config.intermediate_size)
+    print(f"GEMM ceiling ({ceiling['shape']}): fp32 {ceiling['fp32']:.1f}, bf16 {ceiling['bf16']:.1f} GFLOP/s", flush=True)
+    tok = AutoTokenizer.from_pretrained(resolve_model(MODEL))
+    timed_rows = rows[a.batch * a.warmup:]  # what the timed steps train on (both sides)
+    texts = [r[1] for r in timed_rows] + [ds.corpus[d].contents for r in timed_rows for d in (r[2], r[3])]
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=256)["input_ids"]]
+    flops_per_pair = 3 * encoder_flops(config, lengths) / len(timed_rows)  # forward + backward ~ 3 forwards
     results: dict[str, list[float]] = {f"dretriever-star-{a.ours_precision}": []}
     results.update({f"st-trainer-mnrl-{sp}": [] for sp in a.st_precisions})
     for run in range(a.runs):
@@ -168,12 +199,15 @@ def main(argv=None) -> int:
     print("\nmedian pairs/s (batch %d, max length 256, 1 negative, %d timed steps x %d runs, torch threads %d, "
           "dropout %s):" % (a.batch, a.steps, a.runs, torch.get_num_threads(), "model's" if a.dropout is None else a.dropout))
     for k, v in med.items():
-        print(f"  {k:32s} {v:.3f}")
+        ceil = ceiling["bf16" if k.endswith("bf16") else "fp32"]
+        print(f"  {k:32s} {v:.3f}  ({v * flops_per_pair / 1e9:.1f} GFLOP/s, {100 * v * flops_per_pair / 1e9 / ceil:.0f} %"
+              f" of the {'bf16' if k.endswith('bf16') else 'fp32'} GEMM)")
     print(f"  speed-up over the faster sentence-transformers setting: {ours / best_st:.2f}x")
     if a.output:
         Path(a.output).parent.mkdir(parents=True, exist_ok=True)
         Path(a.output).write_text(json.dumps({"runs": results, "median": med, "speedup": ours / best_st,
-                                              "args": vars(a)}, indent=2) + "\n")
+                                              "machine": hw, "gemm_ceiling_gflops": ceiling,
+                                              "gflop_per_pair": flops_per_pair / 1e9, "args": vars(a)}, indent=2) + "\n")
     return 0
 
 

@@ -4,8 +4,11 @@ Starts ``dretriever serve INDEX`` on a free local port with a fresh API key, che
 cases answer as they should, then runs ``--clients`` threads, each sending ``/search`` requests (SciFact
 test queries, round robin) until ``--duration`` seconds or ``--max_requests`` requests in all. Reports
 errors, throughput and latency percentiles (JSON + Markdown) and exits 1 if any request failed.
+``--compare_batching true`` does it twice in one run, the server's micro-batching off and then on, and
+reports the requests/s ratio and both latency profiles.
 
-    nice -n 10 python eval/load_test.py --index indexes/scifact.datastore-flat --clients 16 --duration 30
+    nice -n 10 python eval/load_test.py --index indexes/scifact.datastore-flat --clients 16 --duration 30 \
+        --compare_batching true
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ class LoadArgs:
     k: int = 10
     mode: str = "dense"
     startup_timeout: float = 300.0
+    micro_batch: int = field(default=32, metadata={"help": "the server's --micro_batch (0: off)"})
+    micro_batch_wait_ms: float = 2.0
+    compare_batching: bool = field(default=False, metadata={"help": "run the server with micro-batching off, "
+                                                                   "then on, in this one run; print the ratio"})
     output_dir: str = "eval/reports/search"
 
     def __post_init__(self):
@@ -56,10 +63,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: LoadArgs, port: int, key: str) -> subprocess.Popen:
+def start_server(args: LoadArgs, port: int, key: str, micro_batch: int) -> subprocess.Popen:
     env = {**os.environ, API_KEY_ENV: key}
     proc = subprocess.Popen([sys.executable, "-m", "dretriever", "serve", args.index, "--host", "127.0.0.1",
-                             "--port", str(port), "--mode", args.mode, "--log_level", "warning"], env=env)
+                             "--port", str(port), "--mode", args.mode, "--log_level", "warning",
+                             "--micro_batch", str(micro_batch), "--micro_batch_wait_ms", str(args.micro_batch_wait_ms)],
+                            env=env)
     deadline = time.time() + args.startup_timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -130,33 +139,54 @@ def run_load(url: str, key: str, queries: list[str], args: LoadArgs) -> dict:
                 "p99": float(np.percentile(ms, 99)), "max": float(ms.max()), "mean": statistics.mean(ms.tolist())}}
 
 
-def main(argv) -> int:
-    args = parse(LoadArgs, argv)
-    queries = list(load_queries(args.queries).values())
+def serve_and_load(args: LoadArgs, queries: list[str], micro_batch: int) -> dict:
     key, port = secrets.token_hex(16), free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(args, port, key)
+    proc = start_server(args, port, key, micro_batch)
     try:
         rejections = check_rejections(url, key)
-        result = run_load(url, key, queries, args)
+        return {"micro_batch": micro_batch, "rejections": rejections, **run_load(url, key, queries, args)}
     finally:
         proc.terminate()
         proc.wait(30)
-    report = {"command": "python eval/load_test.py " + " ".join(argv), "args": asdict(args),
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rejections": rejections, **result}
+
+
+def describe(r: dict) -> str:
+    lat = r["latency_ms"]
+    return (f"micro_batch {r['micro_batch']}: {r['requests']} requests in {r['wall_s']:.1f} s, **{r['errors']} errors**, "
+            f"{r['throughput_rps']:.1f} requests/s; latency ms p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, "
+            f"p99 {lat['p99']:.1f}, max {lat['max']:.1f}")
+
+
+def main(argv) -> int:
+    args = parse(LoadArgs, argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from hardware import machine
+
+    queries = list(load_queries(args.queries).values())
+    settings = [0, args.micro_batch] if args.compare_batching else [args.micro_batch]
+    runs = [serve_and_load(args, queries, mb) for mb in settings]
+    result = runs[-1]
+    report = {"command": "python eval/load_test.py " + " ".join(argv), "args": asdict(args), "machine": machine(),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result}
+    lines = ["# Load test", "", f"`{report['command']}` ({report['date']}; {report['machine']['cpu']}, "
+             f"{report['machine']['cores']} cores)", "", f"{args.clients} clients, k={args.k}, mode {args.mode}", ""]
+    lines += [describe(r) + "\n" for r in runs]
+    if args.compare_batching:
+        off, on = runs
+        report["unbatched"] = off
+        report["batching_speedup"] = on["throughput_rps"] / max(off["throughput_rps"], 1e-9)
+        lines.append(f"micro-batching: **x{report['batching_speedup']:.2f}** requests/s, p99 "
+                     f"{on['latency_ms']['p99']:.1f} vs {off['latency_ms']['p99']:.1f} ms\n")
+    lines.append(f"rejections (status): {json.dumps(result['rejections'])}\n")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "load_test.json", report)
-    lat = result["latency_ms"]
-    write_text_atomic(out / "load_test.md", "\n".join([
-        "# Load test", "", f"`{report['command']}` ({report['date']})", "",
-        f"{args.clients} clients, {result['wall_s']:.1f} s, {result['requests']} requests, "
-        f"**{result['errors']} errors**, {result['throughput_rps']:.1f} requests/s", "",
-        f"latency ms: p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, max {lat['max']:.1f}", "",
-        f"rejections (status): {json.dumps(rejections)}", ""]))
-    print(json.dumps({k: v for k, v in report.items() if k != "args"}, indent=1))
+    write_text_atomic(out / "load_test.md", "\n".join(lines))
+    print("\n".join(lines))
     expected = {"no_api_key": 401, "empty_query": 422, "k_zero": 422, "index_field": 422, "oversize_body": 413}
-    return 0 if result["errors"] == 0 and rejections == expected else 1
+    ok = all(r["errors"] == 0 and r["rejections"] == expected for r in runs)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -122,3 +122,93 @@ def test_loads_a_folder_the_installed_sentence_transformers_saved(tiny_model, tm
     assert (c.pooling, c.normalize, c.query_max_length, c.doc_max_length) == (mode, True, 48, 48)
     texts = DOCS + QUERIES  # (SentenceTransformer batches by length, so padding differs: fp32 noise ~3e-5)
     np.testing.assert_allclose(enc.encode_docs(texts), st.encode(texts, batch_size=8), atol=1e-4)
+
+
+def _old_path_batches(enc, texts, side, batch_size):
+    """The pre-issue-13 path: ``tokenizer.pad`` over fixed-count batches of the length-sorted rows."""
+    tokens = enc.tokenize(texts, side, pad=False)
+    order = np.argsort([-len(ids) for ids in tokens["input_ids"]], kind="stable")
+    for start in range(0, len(texts), batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, enc.tokenizer.pad({k: [tokens[k][i] for i in idx] for k in tokens.keys()}, return_tensors="pt")
+
+
+@pytest.mark.parametrize("side", ["query", "doc"])
+def test_numpy_padding_gives_the_tokenizers_tensors(tiny_model, side):
+    from dretriever.token_batches import plan_batches
+
+    enc = BiEncoder.from_pretrained(tiny_model, query_prefix="query: ")
+    texts = (QUERIES + DOCS) * 5 + ["x"]
+    rows = enc.token_rows(texts, side)
+    plan = plan_batches(rows.lengths, 4, None)
+    seen = 0
+    for (idx, ref), got_idx in zip(_old_path_batches(enc, texts, side, 4), plan):
+        np.testing.assert_array_equal(idx, got_idx)
+        got = rows.batch(got_idx)
+        assert set(got) == set(ref) == {"input_ids", "token_type_ids", "attention_mask"}
+        for k in ref:
+            assert got[k].dtype == ref[k].dtype == torch.int64
+            assert torch.equal(got[k], ref[k]), k
+        seen += 1
+    assert seen == len(plan) == 8  # 31 texts in fours
+    enc.tokenizer.padding_side = "left"  # left padding too
+    rows = enc.token_rows(texts, side)
+    idx = plan_batches(rows.lengths, 7, None)[1]
+    ref = enc.tokenizer.pad({k: [enc.tokenize(texts, side, pad=False)[k][i] for i in idx] for k in ("input_ids",
+                             "token_type_ids", "attention_mask")}, return_tensors="pt")
+    got = rows.batch(idx)
+    assert ref["attention_mask"][:, 0].min() == 0  # the batch really is padded, on the left
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+
+
+def test_token_budget_plan():
+    from dretriever.token_batches import plan_batches
+
+    lengths = np.array([10, 50, 10, 30, 5, 5, 5, 5])
+    plan = plan_batches(lengths, batch_size=64, max_tokens=60)
+    # longest first: 50 alone (2 x 50 > 60), then 30 + 10 (2 x 30), then 10 + 5 x 4 (6 x 10 = 60), ...
+    assert [p.tolist() for p in plan] == [[1], [3, 0], [2, 4, 5, 6, 7]]
+    assert [p.tolist() for p in plan_batches(lengths, 3, None)] == [[1, 3, 0], [2, 4, 5], [6, 7]]
+    assert [p.tolist() for p in plan_batches(np.array([100]), 8, 10)] == [[0]]  # a row over budget runs alone
+    with pytest.raises(ValueError):
+        plan_batches(lengths, 0, None)
+
+
+def test_token_budget_batches_give_the_fixed_batch_vectors(tiny_model):
+    enc = BiEncoder.from_pretrained(tiny_model)
+    texts = (QUERIES + DOCS) * 7
+    fixed = enc.encode_docs(texts, batch_size=64, max_tokens=None, precision="fp32")
+    for budget in (16, 256, 4096):
+        np.testing.assert_allclose(enc.encode_docs(texts, max_tokens=budget, precision="fp32"), fixed,
+                                   rtol=0, atol=1e-6)
+
+
+def test_onnx_backend_matches_torch_and_caches_its_export(tiny_model, tmp_path):
+    import shutil
+
+    from dretriever.index.build import encoder_info
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    torch_enc = BiEncoder.from_pretrained(model)
+    onnx_enc = BiEncoder.from_pretrained(model, backend="onnx")
+    texts = (QUERIES + DOCS) * 3
+    for side in ("query", "doc"):
+        ref = torch_enc.encode(texts, side, precision="fp32")
+        got = onnx_enc.encode(texts, side)  # "auto" means fp32 for onnx
+        cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+        assert cos.min() >= 0.999
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
+    exported = sorted((model / "onnx").glob("*.onnx"))
+    assert [p.name for p in exported] == [f"query-{torch_enc.fingerprint()[:16]}.onnx"]  # tied: one export
+    stamp = exported[0].stat().st_mtime_ns
+    again = BiEncoder.from_pretrained(model, backend="onnx")
+    np.testing.assert_array_equal(again.encode_docs(texts), onnx_enc.encode_docs(texts))
+    assert exported[0].stat().st_mtime_ns == stamp  # loaded from the cache, not exported again
+    assert encoder_info(onnx_enc, str(model))["backend"] == "onnx"
+    assert "backend" not in encoder_info(torch_enc, str(model))  # torch manifests stay as they were
+    with pytest.raises(DretrieverError, match="fp32"):
+        onnx_enc.encode_docs(texts, precision="bf16")
+    with pytest.raises(DretrieverError, match="backend"):
+        BiEncoder.from_pretrained(model, backend="tensorrt")

@@ -129,3 +129,27 @@ def test_langchain_adapter_returns_documents_with_text_and_metadata(r4, queries)
     assert [d.page_content for d in docs] == [h.text for h in hits]
     assert [(d.metadata["id"], d.metadata["score"], d.metadata["shard"]) for d in docs] == \
            [(h.id, h.score, h.shard) for h in hits]
+
+
+def test_onnx_backend_is_recorded_and_used_by_the_query_side(corpus, tiny_model, queries, tmp_path):
+    import shutil
+
+    from dretriever.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)  # the export is cached beside the model
+    built = {}
+    for backend in ("torch", "onnx"):
+        built[backend] = tmp_path / backend
+        assert main(["index", "build", "--corpus", str(corpus), "--output", str(built[backend]), "--model",
+                     str(model), "--shards", "2", "--precision", "fp32", "--backend", backend]) == 0
+    manifest = json.loads((built["onnx"] / "manifest.json").read_text())
+    assert manifest["encoder"]["backend"] == "onnx"
+    assert "backend" not in json.loads((built["torch"] / "manifest.json").read_text())["encoder"]
+    on = Retriever.load(built["onnx"])
+    assert on.dense.encoder.backend == "onnx" and list((model / "onnx").glob("query-*.onnx"))
+    ref = Retriever.load(built["torch"], precision="fp32")
+    for a, b in zip(on.batch_search(queries, 10), ref.batch_search(queries, 10)):
+        assert_same_ranking([h.id for h in a], [h.score for h in a], [h.id for h in b], [h.score for h in b],
+                            atol=1e-4)
+    assert Retriever.load(built["onnx"], backend="torch").dense.encoder.backend == "torch"  # an override

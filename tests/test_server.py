@@ -10,11 +10,14 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+
+from tests.conftest import assert_same_ranking
 
 from dretriever.index.datastore import DatastoreArgs, build_datastore
 from dretriever.search.retriever import Retriever
@@ -42,15 +45,29 @@ def queries(scifact_small) -> list[str]:
 
 @pytest.fixture(scope="module")
 def retriever(datastore) -> Retriever:
-    return Retriever.load(datastore)
+    return Retriever.load(datastore, precision="fp32")  # the same vectors on every CPU (auto may pick bf16)
 
 
-@pytest.fixture(scope="module")
-def server(retriever):
-    """uvicorn serving the app with an API key, in a thread, on a free port of 127.0.0.1."""
+def same_answers(got: list[dict], expected: list[dict]) -> None:
+    """Responses agree: the same hits (ids, text, metadata) in the same order up to ties, scores within 1e-5.
+    A query encoded in a batch of many and alone differs in the last bits of fp32 (the GEMM's blocking)."""
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        ha, hb = a["hits"], b["hits"]
+        assert_same_ranking([h["id"] for h in ha], [h["score"] for h in ha], [h["id"] for h in hb],
+                            [h["score"] for h in hb], atol=1e-5)
+        by_id = {h["id"]: h for h in hb}
+        for h in ha:
+            if h["id"] in by_id:
+                assert {k: v for k, v in h.items() if k != "score"} == \
+                       {k: v for k, v in by_id[h["id"]].items() if k != "score"}
+
+
+@contextmanager
+def serving(app):
+    """uvicorn serving ``app`` in a thread, on a free port of 127.0.0.1; yields a client with the API key."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    app = create_app(retriever, api_key=KEY, max_k=50, max_batch=4, max_query_chars=300, max_body_bytes=2000)
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -64,6 +81,14 @@ def server(retriever):
     srv.should_exit = True
     thread.join(10)
     sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(retriever):
+    """The app with an API key and its default micro-batching."""
+    app = create_app(retriever, api_key=KEY, max_k=50, max_batch=4, max_query_chars=300, max_body_bytes=2000)
+    with serving(app) as client:
+        yield client
 
 
 def test_search_and_batch_search_return_the_retrievers_hits(server, retriever, queries):
@@ -86,7 +111,23 @@ def test_concurrent_requests_get_the_same_answers_as_sequential_ones(server, que
     sequential = [server.post("/search", json={"query": q, "k": 10}).json() for q in queries]
     with ThreadPoolExecutor(8) as pool:
         concurrent = list(pool.map(lambda q: server.post("/search", json={"query": q, "k": 10}).json(), queries))
-    assert concurrent == sequential
+    same_answers(concurrent, sequential)
+
+
+def test_micro_batched_requests_get_the_unbatched_answers(retriever, queries):
+    """16 concurrent clients, two values of k: gathered into few batches, never mixing k, answers unchanged."""
+    requests = [{"query": q, "k": 10 if i % 2 else 3} for i, q in enumerate(queries * 2)]
+    off = create_app(retriever, api_key=KEY, max_k=50, micro_batch=0)
+    assert off.app.state.batcher is None  # the off-switch
+    with serving(off) as client:
+        unbatched = [client.post("/search", json=body).json() for body in requests]
+    on = create_app(retriever, api_key=KEY, max_k=50, micro_batch=16, micro_batch_wait_ms=200)
+    with serving(on) as client, ThreadPoolExecutor(16) as pool:
+        batched = list(pool.map(lambda body: client.post("/search", json=body).json(), requests))
+    same_answers(batched, unbatched)
+    assert [len(r["hits"]) for r in batched] == [b["k"] for b in requests]
+    batches = on.app.state.batcher.batches
+    assert 4 <= batches < len(requests) // 2  # >= 2 per k (32 requests, at most 16 in a batch), far fewer than 32
 
 
 @pytest.mark.parametrize("body, field", [

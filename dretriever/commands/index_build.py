@@ -20,6 +20,8 @@ class IndexBuildArgs:
     factory: str = field(default="Flat", metadata={"help": "faiss index_factory string"})
     batch_size: int = 64
     precision: str = "auto"
+    backend: str = field(default="torch", metadata={"help": "inference backend: torch | onnx (fp32 ONNX Runtime); "
+                                                             "recorded in the manifest, the query side uses it too"})
     train_sample: int | None = field(default=None, metadata={"help": "vectors to train IVF/PQ on"})
     overwrite: bool = False
 
@@ -30,7 +32,7 @@ def main(argv) -> int:
     if path.is_dir():
         path = path / "corpus.jsonl"
     corpus = load_corpus(path)
-    encoder = BiEncoder.from_pretrained(args.model)
+    encoder = BiEncoder.from_pretrained(args.model, backend=args.backend)
     source = corpus_source(corpus, args.shards, {"path": str(path.resolve())})
     manifest = build_index(source, encoder, args.output, model=args.model, factory=args.factory,
                            batch_size=args.batch_size, precision=args.precision,

@@ -34,6 +34,9 @@ class ServeArgs:
     max_body_bytes: int = 1 << 20
     nprobe: int | None = field(default=None, metadata={"help": "IVF lists probed per shard"})
     ef_search: int | None = field(default=None, metadata={"help": "HNSW efSearch"})
+    micro_batch: int = field(default=32, metadata={"help": "concurrent /search requests gathered into one encoder "
+                                                          "forward and one search (0 or 1: off)"})
+    micro_batch_wait_ms: float = field(default=2.0, metadata={"help": "longest wait for a micro-batch to fill"})
     log_level: str = "info"
 
     def __post_init__(self):
@@ -45,6 +48,8 @@ class ServeArgs:
             raise DretrieverError(f"port: expected 0-65535, got {self.port}")
         if self.max_k < 1 or self.max_batch < 1 or self.max_body_bytes < 1 or self.max_query_chars < 1:
             raise DretrieverError("max_k, max_batch, max_query_chars and max_body_bytes must be positive")
+        if self.micro_batch < 0 or self.micro_batch_wait_ms < 0:
+            raise DretrieverError("micro_batch and micro_batch_wait_ms must not be negative")
 
 
 def main(argv) -> int:
@@ -61,7 +66,8 @@ def main(argv) -> int:
     api_key = os.environ.get(API_KEY_ENV) or None
     app = create_app(retriever, name=Path(args.index).name, api_key=api_key, max_k=args.max_k,
                      max_batch=args.max_batch, max_query_chars=args.max_query_chars,
-                     max_body_bytes=args.max_body_bytes)
+                     max_body_bytes=args.max_body_bytes, micro_batch=args.micro_batch,
+                     micro_batch_wait_ms=args.micro_batch_wait_ms)
     log.info("serving %s (%d passages) on http://%s:%d%s", args.index, len(retriever.index), args.host, args.port,
              " with an API key" if api_key else "")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)

@@ -118,7 +118,7 @@ def corpus_source(corpus: dict[str, Document], num_shards: int, description: dic
 
 def encoder_info(encoder, model: str) -> dict:
     c = encoder.config
-    return {
+    info = {
         "model": os.path.abspath(model) if os.path.isdir(model) else model,
         "fingerprint": encoder.fingerprint(),
         "dim": encoder.dim,
@@ -130,6 +130,9 @@ def encoder_info(encoder, model: str) -> dict:
         "doc_max_length": c.doc_max_length,
         "tied": encoder.tied,
     }
+    if getattr(encoder, "backend", "torch") != "torch":  # absent: torch (the manifests written before backends)
+        info["backend"] = encoder.backend
+    return info
 
 
 def needs_training(factory: str, dim: int) -> bool:

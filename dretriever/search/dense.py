@@ -28,8 +28,10 @@ def check_encoder(manifest: dict, encoder: BiEncoder, where: str | Path) -> None
             f"built with ({built['fingerprint'][:12]}, {built['model']})")
 
 
-def encoder_for_index(manifest: dict, where: str | Path, model: str | None = None) -> BiEncoder:
-    """Load the query encoder with exactly the index's settings (pooling, prefixes, lengths)."""
+def encoder_for_index(manifest: dict, where: str | Path, model: str | None = None,
+                      backend: str | None = None) -> BiEncoder:
+    """Load the query encoder with exactly the index's settings (pooling, prefixes, lengths) and its inference
+    backend (``backend`` overrides the one the index was built with)."""
     built = manifest["encoder"]
     if built is None and model is None:
         raise DretrieverError(f"{where}: the index was imported from vectors without naming their encoder, so it "
@@ -37,25 +39,29 @@ def encoder_for_index(manifest: dict, where: str | Path, model: str | None = Non
     if built is None:
         raise DretrieverError(f"{where}: the index records no encoder, so {model} cannot be checked against it; "
                               "re-import the vectors with --model")
-    encoder = BiEncoder.from_pretrained(model or built["model"], **{k: built[k] for k in SETTINGS})
+    encoder = BiEncoder.from_pretrained(model or built["model"], backend=backend or built.get("backend", "torch"),
+                                        **{k: built[k] for k in SETTINGS})
     check_encoder(manifest, encoder, where)
     return encoder
 
 
 class DenseSearcher:
-    """Batched query encoding + exact merge over shards."""
+    """Batched query encoding (token-budget batches of length-sorted queries) + exact merge over shards."""
 
-    def __init__(self, index: ShardedIndex, encoder: BiEncoder, batch_size: int = 128, precision: str = "auto"):
+    def __init__(self, index: ShardedIndex, encoder: BiEncoder, batch_size: int = 128, precision: str = "auto",
+                 max_tokens: int | str | None = "auto"):
         self.index, self.encoder = index, encoder
-        self.batch_size, self.precision = batch_size, precision
+        self.batch_size, self.precision, self.max_tokens = batch_size, precision, max_tokens
 
     @classmethod
-    def load(cls, root: str | Path, model: str | None = None, verify: bool = False, **kw) -> "DenseSearcher":
+    def load(cls, root: str | Path, model: str | None = None, verify: bool = False, backend: str | None = None,
+             **kw) -> "DenseSearcher":
         index = ShardedIndex.open(root, verify=verify)
-        return cls(index, encoder_for_index(index.manifest, root, model), **kw)
+        return cls(index, encoder_for_index(index.manifest, root, model, backend), **kw)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self.encoder.encode_queries(texts, batch_size=self.batch_size, precision=self.precision)
+        return self.encoder.encode_queries(texts, batch_size=self.batch_size, precision=self.precision,
+                                           max_tokens=self.max_tokens)
 
     def search(self, queries: dict[str, str], k: int = 1000) -> Run:
         qids = list(queries)

@@ -67,12 +67,15 @@ class Retriever:
     @classmethod
     def load(cls, root: str | Path, mode: str = "dense", model: str | None = None, fusion: str = "rrf",
              alpha: float = 0.5, fusion_depth: int = 100, verify: bool = False, batch_size: int = 128,
-             precision: str = "auto") -> "Retriever":
-        """Open the index at ``root`` (and its ``bm25/`` Lucene index when present)."""
+             precision: str = "auto", backend: str | None = None,
+             max_tokens: int | str | None = "auto") -> "Retriever":
+        """Open the index at ``root`` (and its ``bm25/`` Lucene index when present). Queries are encoded with
+        the index's backend (``backend`` overrides it) in batches of at most ``batch_size`` queries and
+        ``max_tokens`` padded tokens."""
         root = Path(root)
         index = ShardedIndex.open(root, verify=verify)
-        encoder = encoder_for_index(index.manifest, root, model)
-        dense = DenseSearcher(index, encoder, batch_size=batch_size, precision=precision)
+        encoder = encoder_for_index(index.manifest, root, model, backend)
+        dense = DenseSearcher(index, encoder, batch_size=batch_size, precision=precision, max_tokens=max_tokens)
         bm25 = BM25Searcher(root / BM25_DIR) if (root / BM25_DIR).is_dir() else None
         return cls(dense, bm25, mode, fusion, alpha, fusion_depth)
 

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import DretrieverError
+from .batcher import MicroBatcher
 from .retriever import Retriever
 
 API_KEY_ENV = "DRETRIEVER_API_KEY"
@@ -135,10 +136,14 @@ class Guard:
 
 
 def create_app(retriever: Retriever, name: str = "index", api_key: str | None = None, max_k: int = 1000,
-               max_batch: int = 64, max_query_chars: int = 2000, max_body_bytes: int = 1 << 20):
-    """The ASGI app (FastAPI wrapped in :class:`Guard`) serving ``retriever``."""
+               max_batch: int = 64, max_query_chars: int = 2000, max_body_bytes: int = 1 << 20,
+               micro_batch: int = 32, micro_batch_wait_ms: float = 2.0):
+    """The ASGI app (FastAPI wrapped in :class:`Guard`) serving ``retriever``; concurrent ``/search`` requests
+    are gathered into batches of up to ``micro_batch`` (waiting at most ``micro_batch_wait_ms``; 0 or 1: off)."""
     SearchIn, BatchSearchIn = request_models(max_k, max_batch, max_query_chars)
+    batcher = MicroBatcher(retriever.batch_search, micro_batch, micro_batch_wait_ms) if micro_batch > 1 else None
     app = FastAPI(title="dretriever", version="1", description=f"Dense/BM25/hybrid retrieval over `{name}`.")
+    app.state.batcher = batcher
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -164,7 +169,10 @@ def create_app(retriever: Retriever, name: str = "index", api_key: str | None = 
 
     @app.post("/search", response_model=SearchOut)
     async def search(body: SearchIn) -> SearchOut:
-        hits = await run_in_threadpool(retriever.search, body.query, body.k, body.mode)
+        if batcher is not None:
+            hits = await batcher(body.query, k=body.k, mode=body.mode)
+        else:
+            hits = await run_in_threadpool(retriever.search, body.query, body.k, body.mode)
         return SearchOut(hits=[HitOut(**h.to_dict()) for h in hits])
 
     @app.post("/batch_search", response_model=BatchSearchOut)

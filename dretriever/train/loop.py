@@ -259,8 +259,9 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
 
     bar = tqdm(total=total, initial=state["step"], disable=not (main and args.progress), desc=f"train {args.method}",
                unit="step", dynamic_ncols=True)
-    samples_per_step = args.batch_size * args.grad_accum * world
-    t_last, step_at_last = time.time(), state["step"]
+    count_samples = getattr(method, "samples", lambda batch: None)
+    trained = 0  # examples this process trained on since the last log row (the real batches, not the nominal)
+    t_last = time.time()
     window: list[float] = []
     window_logs: dict[str, list[float]] = {}
     micro = 0
@@ -288,6 +289,8 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
                 view.backward(scaled)
             else:
                 scaled.backward()
+            n = count_samples(batch)
+            trained += args.batch_size if n is None else n
             window.append(float(loss.detach()))
             for k, v in (values or {}).items():
                 window_logs.setdefault(k, []).append(float(v))
@@ -312,19 +315,19 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
             bar.update(1)
             step = state["step"]
             if step % args.log_steps == 0 or step == total:
-                loss_value = float(np.mean(window))
+                loss_value, samples = float(np.mean(window)), float(trained)
                 if world > 1:
-                    t = torch.tensor([loss_value], device=device)
+                    t = torch.tensor([loss_value, samples], device=device, dtype=torch.float64)
                     torch.distributed.all_reduce(t)
-                    loss_value = float(t) / world
+                    loss_value, samples = float(t[0]) / world, float(t[1])
                 now = time.time()
                 row = {"step": step, "epoch": epoch, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                       "samples_per_s": round(samples_per_step * (step - step_at_last) / max(now - t_last, 1e-9), 3),
+                       "samples": int(samples), "samples_per_s": round(samples / max(now - t_last, 1e-9), 3),
                        **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}),
                        **{k: float(np.mean(v)) for k, v in window_logs.items()}}
                 logger.write(row)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{row['lr']:.2e}")
-                t_last, step_at_last = now, step
+                t_last, trained = now, 0
                 window, window_logs = [], {}
             if step >= total or (args.stop_after_steps and step >= args.stop_after_steps):
                 done = True

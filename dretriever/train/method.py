@@ -48,6 +48,11 @@ class MethodBase:
     def trainable_parameters(self, encoder: BiEncoder) -> Iterable[torch.nn.Parameter]:
         return list(encoder.parameters())
 
+    def samples(self, batch: Any) -> int | None:
+        """Training examples in this process's ``batch`` (what ``samples_per_s`` counts); ``None``: the nominal
+        ``batch_size``. Methods whose batches vary in size (TAS-Balanced's one-cluster batches) say so."""
+        return None
+
     def after_step(self, encoder: BiEncoder) -> None:
         pass
 

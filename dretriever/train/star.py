@@ -121,6 +121,9 @@ class Star(MethodBase):
             out.append({"global": items, "local": items[self.rank * B:(self.rank + 1) * B]})
         return out
 
+    def samples(self, batch) -> int:
+        return len(batch["local"])
+
     def loss(self, encoder, batch):
         a, corpus, qrels = self.args, self.data.corpus, self.data.qrels
         gather = a.gather and du.is_distributed()

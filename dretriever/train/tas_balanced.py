@@ -172,6 +172,9 @@ class TasBalanced(MethodBase):
             out.append(items)
         return out
 
+    def samples(self, batch) -> int:
+        return len(batch)  # one cluster's queries: often fewer than batch_size
+
     def loss(self, encoder, batch):
         a = self.args
         qids = [q for q, _ in batch]

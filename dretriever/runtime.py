@@ -1,0 +1,99 @@
+"""Inference backends for :meth:`BiEncoder.encode`: torch (default) or ONNX Runtime ("onnx").
+
+The ``onnx`` backend exports one tower's transformer (token ids and mask in, last hidden state out) once with
+``torch.onnx.export`` (the dynamo exporter: the TorchScript one mis-traced transformers 5's BERT, hidden states
+off by ~4), and caches the file beside the model, in ``onnx/`` keyed by the weight fingerprint, so changed
+weights never meet a stale export; a model folder that cannot be written caches under
+``~/.cache/dretriever/onnx``. Pooling and normalisation stay in :mod:`dretriever.encoder`, identical for
+every backend. The ONNX graph runs in fp32 (ONNX Runtime applies its own BERT fusions when it loads it);
+bf16/fp16 stay torch-only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import DretrieverError
+
+BACKENDS = ("torch", "onnx")
+ONNX_DIR = "onnx"
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise DretrieverError(f"backend: expected one of {BACKENDS}, got {name!r}")
+    return name
+
+
+class _Export(nn.Module):
+    """The transformer with a plain signature; the padding mask goes in as an additive 4-D float mask."""
+
+    def __init__(self, model: nn.Module, token_types: bool):
+        super().__init__()
+        self.model, self.token_types = model, token_types
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        additive = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        kw = {"token_type_ids": token_type_ids} if self.token_types else {}
+        return self.model(input_ids=input_ids, attention_mask=additive, **kw).last_hidden_state
+
+
+def cache_dir(source: Path | None) -> Path:
+    if source is not None and os.access(source, os.W_OK):
+        return source / ONNX_DIR
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dretriever" / ONNX_DIR
+
+
+def export_onnx(model: nn.Module, path: Path, token_types: bool) -> Path:
+    """Export ``model`` to ``path`` (written under a temporary name, then renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]])
+    mask = (ids != 0).long()
+    args = (ids, mask) + ((torch.zeros_like(ids),) if token_types else ())
+    names = list(INPUTS[:len(args)])
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(_Export(model, token_types), args, tmp, input_names=names,
+                              output_names=["last_hidden_state"], dynamo=True, external_data=False,
+                              dynamic_shapes={n: {0: batch, 1: seq} for n in names}, verbose=False)
+        os.replace(tmp, path)
+    finally:
+        model.train(was_training)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class OnnxTower:
+    """One tower exported to ONNX and run by ONNX Runtime on the CPU."""
+
+    def __init__(self, model: nn.Module, cache: Path, key: str, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
+            raise DretrieverError("backend: 'onnx' needs onnxruntime and onnx (pip install 'dretriever[onnx]')") from e
+        self.token_types = getattr(model.config, "type_vocab_size", 0) > 0
+        self.path = cache / f"{key}.onnx"
+        if not self.path.is_file():
+            export_onnx(model, self.path, self.token_types)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        feed = {n: batch[n].numpy() if n in batch else np.zeros_like(batch["input_ids"].numpy()) for n in self.names}
+        return torch.from_numpy(self.session.run(None, feed)[0])
