@@ -13,6 +13,30 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Property-based tests (hypothesis): a modest example count by default; `pytest --slow` (or
+# DRETRIEVER_FUZZ_EXAMPLES=N, used by eval/reliability.py) raises it.
+FUZZ_EXAMPLES = {"default": 40, "slow": 1000}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="larger property-based runs (hypothesis, schemathesis): see eval/reliability.py")
+
+
+def pytest_configure(config):
+    from hypothesis import HealthCheck, settings
+
+    slow = config.getoption("--slow") or bool(os.environ.get("DRETRIEVER_FUZZ_EXAMPLES"))
+    examples = int(os.environ.get("DRETRIEVER_FUZZ_EXAMPLES", 0)) or FUZZ_EXAMPLES["slow" if slow else "default"]
+    # derandomized by default (CI sees the same examples every run); a slow run explores afresh
+    settings.register_profile("dretriever", max_examples=examples, deadline=None, database=None,
+                              derandomize=not slow,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                     HealthCheck.function_scoped_fixture])
+    settings.load_profile("dretriever")
+
+
 SCIFACT = Path(os.environ.get("BEIR_DATA", REPO.parent / "shared" / "beir")) / "scifact"
 
 

@@ -86,6 +86,9 @@ class EmbeddingReader:
                 if col not in schema.names:
                     raise DataError(self.path, f"missing column {col!r}; columns are {schema.names}")
             kind = schema.field(self.vector_column).type
+            if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) \
+                    or not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+                raise DataError(self.path, f"column {self.vector_column!r} must hold lists of numbers, got {kind}")
             if isinstance(kind, pa.FixedSizeListType):
                 return kind.list_size
             first = next(self._parquet().iter_batches(batch_size=1, columns=[self.vector_column]), None)
@@ -105,7 +108,8 @@ class EmbeddingReader:
     def _npy(self) -> np.ndarray:
         try:
             arr = np.load(self.path, mmap_mode="r")
-        except ValueError as e:
+        except Exception as e:  # noqa: BLE001 - numpy's header parser raises ValueError, EOFError, OSError,
+            # SyntaxError, tokenize.TokenError... on a damaged file; each is the same "not a readable array"
             raise DataError(self.path, f"not a readable .npy array ({e})") from None
         if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
             raise DataError(self.path, f"expected a 2-D array of shape (n, dim), got shape {arr.shape}")
