@@ -166,7 +166,11 @@ def test_approximate_factories(scifact_small, tiny_model, tmp_path, factory):
     got_ids = [{index.docid(s, p) for s, p in row} for row in hits]
     want_ids = [{exact.docid(s, p) for s, p in row} for row in want_hits]
     recall = np.mean([len(g & w) / 10 for g, w in zip(got_ids, want_ids)])
-    assert recall >= 0.9, recall
+    if factory.startswith("IVF"):  # every list probed: an exhaustive search, so exactly the Flat results
+        assert recall == 1.0, recall
+        np.testing.assert_allclose(scores, want, rtol=0, atol=1e-5)
+    else:  # HNSW stays approximate even at efSearch 512 on 400 points
+        assert recall >= 0.9, recall
 
 
 def run_cli(*args, cwd=None):
