@@ -21,6 +21,7 @@ from dretriever.data.embeddings import EmbeddingReader
 from dretriever.data.negatives import read_negatives
 from dretriever.data.readers import read_records
 from dretriever.errors import DataError
+from dretriever.search.types import read_trec_run
 from dretriever.teacher import read_teacher_scores
 
 TRIED: Counter = Counter()  # examples per reader
@@ -268,3 +269,14 @@ def test_embeddings_parquet(fuzz_dir, table):
     else:
         pq.write_table(table, path)
     check("embeddings parquet", path, lambda: [b for b in EmbeddingReader(path).batches()])
+
+
+# ---------------------------------------------------------------------------- runs
+RUN_LINE = st.lists(TEXT | st.sampled_from(["q1", "Q0", "d1", "1", "0.5", "tag", "nan", "inf", "1e999"]),
+                    max_size=7).map(lambda cols: " ".join(cols).encode("utf-8", "surrogatepass"))
+
+
+@given(file_bytes(RUN_LINE | st.just(b"q1 Q0 d1 1 0.5 tag")))
+def test_trec_run(fuzz_dir, data):
+    path = write(fuzz_dir, "run.trec", data)
+    check("trec run", path, lambda: read_trec_run(path))
