@@ -39,7 +39,10 @@ def parse(dataclass_type, argv: Sequence[str]):
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
         (args,) = parser.parse_yaml_file(argv[0])
     else:
-        (args,) = parser.parse_args_into_dataclasses(args=list(argv))
+        try:
+            (args,) = parser.parse_args_into_dataclasses(args=list(argv))
+        except ValueError as e:  # "Some specified arguments are not used": an unknown option, a usage error
+            raise DretrieverError(str(e)) from None
     return args
 
 
@@ -69,6 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return int(module.main(argv[words:]) or 0)
             except DretrieverError as e:
                 print(f"dretriever {name}: error: {e}", file=sys.stderr)
+                return 2
+            except Exception as e:  # noqa: BLE001 - a full disk (three exception types) is the user's to fix
+                from .disk_full import disk_full_message, is_disk_full
+
+                if not is_disk_full(e):
+                    raise
+                print(f"dretriever {name}: error: {disk_full_message(e, argv[words:])}", file=sys.stderr)
                 return 2
     print("usage: dretriever <command> [options]   (--help after a command for its options)\n\ncommands:",
           file=sys.stderr)

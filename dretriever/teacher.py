@@ -39,6 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data.beir import BeirDataset, load_beir
+from .data.ids import check_id
 from .data.jsonl import read_jsonl, required_id
 from .errors import DataError, DretrieverError
 from .index.atomic import fsync_dir, write_json_atomic
@@ -108,8 +109,10 @@ def read_teacher_scores(path: str | Path) -> dict[str, list[tuple[str, float]]]:
             raise DataError(path, "'docids' and 'scores' must be lists", line)
         if len(docids) != len(scores):
             raise DataError(path, f"{len(docids)} docids but {len(scores)} scores", line)
-        if not all(isinstance(d, str) and d for d in docids):
-            raise DataError(path, "every docid must be a non-empty string", line)
+        if not all(isinstance(d, str) for d in docids):
+            raise DataError(path, "every docid must be a string", line)
+        for d in docids:
+            check_id(d, path, line, f"docid of query {qid!r}")
         if len(set(docids)) != len(docids):
             raise DataError(path, f"query {qid!r} lists a document twice", line)
         if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores):

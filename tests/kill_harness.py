@@ -6,8 +6,10 @@ once it has had its start-up (``startup_seconds``: imports and model load, paid 
 build time between moments ``k-1`` and ``k``, so the kills fall at those moments of the build's progress (a
 delay measured from the clean duration alone would outlast the shorter resumed runs and never land). Then it
 reruns ``cmd`` once without interruption. The caller compares the result with a clean build: :func:`compare_with_clean` (same ids
-per shard, vectors within ``atol``) and :func:`encode_runs_tile` (no committed chunk encoded twice). Used by
-``tests/test_scale.py`` and by ``eval/bench_pipeline.py`` (its 100k-passage kill run).
+per shard, vectors within ``atol``) and :func:`encode_runs_tile` (no committed chunk encoded twice) for index and
+datastore builds; :func:`compare_training` (every step's loss and the final weights) for ``dretriever train``.
+:func:`timed_run_until` times a clean run and its start-up in one go. Used by ``tests/test_scale.py``,
+``tests/test_kill_train.py``, ``eval/bench_pipeline.py`` (its 100k-passage kill run) and ``eval/reliability.py``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,27 @@ def timed_run(cmd: list[str], env: dict | None = None, timeout: float = 600) -> 
     return time.monotonic() - start
 
 
+def timed_run_until(cmd: list[str], started, env: dict | None = None, timeout: float = 600) -> tuple[float, float]:
+    """Run ``cmd`` to completion; ``(seconds in all, seconds until started() first held)``: the clean duration
+    and the start-up (imports, model load) of :func:`kill_and_resume` from one run."""
+    t = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    startup = None
+    while proc.poll() is None and time.monotonic() - t < timeout:
+        if startup is None:
+            try:
+                if started():
+                    startup = time.monotonic() - t
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=max(timeout - (time.monotonic() - t), 1))
+    if proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed: {err.decode()[-2000:]}")
+    total = time.monotonic() - t
+    return total, total if startup is None else startup
+
+
 def kill_and_resume(cmd: list[str], clean_seconds: float, kills: int = 5, seed: int = 0,
                     env: dict | None = None, timeout: float = 600, startup_seconds: float = 0.0) -> KillReport:
     """Kill ``cmd`` ``kills`` times at random moments of its build, then run it to completion."""
@@ -63,6 +86,22 @@ def kill_and_resume(cmd: list[str], clean_seconds: float, kills: int = 5, seed: 
     report.final_returncode = done.returncode
     if done.returncode != 0:
         raise AssertionError(f"the rerun after {kills} kills failed: {done.stderr.decode()[-2000:]}")
+    return report
+
+
+def kill_at_progress(cmd: list[str], progress, points: list[float], env: dict | None = None, jitter: float = 0.3,
+                     seed: int = 0, timeout: float = 300) -> KillReport:
+    """Start ``cmd`` once per point and SIGKILL it a random ``0..jitter`` seconds after ``progress()`` (say, the
+    last step logged) first reaches the point: kill moments drawn from the run's progress, so they need no
+    clean-run timing and land whatever the start-up costs. The caller then finishes the run itself."""
+    rng = random.Random(seed)
+    report = KillReport(0.0)
+    for point in points:
+        extra = rng.uniform(0, jitter)
+        start = time.monotonic()
+        landed = kill_when(cmd, lambda: progress() >= point and (time.sleep(extra) or True), env, timeout)
+        report.killed.append(landed)
+        report.delays.append(time.monotonic() - start)
     return report
 
 
@@ -130,3 +169,37 @@ def encode_runs_tile(root: Path) -> set[str]:
     left = [p.name for p in Path(root).iterdir() if p.name.endswith(".partial") or ".tmp-" in p.name]
     assert not left, f"partial files left: {left}"
     return runs
+
+
+def last_step(out: Path) -> int:
+    """The last step a training run logged (0 before the first); a progress measure for :func:`kill_at_progress`."""
+    steps = step_losses(out) if (Path(out) / "log.jsonl").is_file() else {}
+    return max(steps, default=0)
+
+
+def step_losses(out: Path) -> dict[int, float]:
+    """``{step: loss}`` from a training run's ``log.jsonl``; a step logged twice (run again after a kill, from the
+    last checkpoint) keeps its last value."""
+    import json
+
+    rows = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def compare_training(clean: Path, resumed: Path, rtol: float = 1e-5, atol: float = 1e-6) -> int:
+    """Assert a resumed training run took the clean run's steps (none lost, none extra) with the same losses, and
+    ended with the same weights (the last checkpoint's ``model.pt``); returns the number of steps compared."""
+    import torch
+
+    a, b = step_losses(clean), step_losses(resumed)
+    assert sorted(a) == sorted(b), f"steps differ: {sorted(set(a) ^ set(b))}"
+    for step in a:
+        assert abs(a[step] - b[step]) <= atol + rtol * abs(a[step]), (step, a[step], b[step])
+    last = max(a)
+    name = f"checkpoints/step-{last:07d}/model.pt"
+    wa, wb = torch.load(Path(clean) / name), torch.load(Path(resumed) / name)
+    assert sorted(wa) == sorted(wb)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+    assert (Path(resumed) / "final").is_dir() and not [p.name for p in Path(resumed).rglob("*.tmp*")]
+    return len(a)

@@ -12,7 +12,6 @@ from dretriever.errors import DretrieverError
 from dretriever.index.chunking import ChunkConfig, Chunker
 from dretriever.index.datastore import BM25_DIR, DatastoreArgs, build_datastore, shard_of
 from dretriever.search.bm25 import BM25Searcher
-from dretriever.search.fusion import fuse
 from dretriever.search.retriever import Retriever
 
 from .conftest import assert_same_ranking
@@ -91,15 +90,51 @@ def test_bm25_mode_matches_lucene_and_fetches_text(r4, datastores, queries):
     assert all(h.text and h.shard == shard_of(h.doc_id, 4) for h in hits)
 
 
-def test_hybrid_modes_fuse_dense_and_bm25(datastores, r4, queries):
+def brute_force_dense(datastore: Path, model, query: str, depth: int) -> list[tuple[str, float]]:
+    """The dense run computed without the retriever: every shard's vectors, the query encoded by the model
+    loaded afresh, exhaustive inner products."""
+    from dretriever.encoder import BiEncoder
+    from dretriever.index.sharded import ShardedIndex
+
+    index = ShardedIndex.open(datastore)
+    ids = [d for sh in index.shards for d in sh.docids]
+    vectors = np.concatenate([sh.index.reconstruct_n(0, sh.index.ntotal) for sh in index.shards])
+    qv = BiEncoder.from_pretrained(model).encode_queries([query], precision="fp32")[0]
+    scores = vectors @ qv
+    order = np.argsort(-scores, kind="stable")[:depth]
+    return [(ids[i], float(scores[i])) for i in order]
+
+
+def test_hybrid_modes_fuse_dense_and_bm25(datastores, r4, queries, tiny_model):
+    """Both fusions computed by hand from runs the retriever does not produce: exhaustive dense scores and
+    Lucene BM25 through Pyserini, each to the retriever's fusion depth (100)."""
     q = queries[2]
-    dense = {"q": [(h.id, h.score) for h in r4.search(q, k=100)]}
-    sparse = {"q": [(h.id, h.score) for h in r4.search(q, k=100, mode="bm25")]}
+    dense = brute_force_dense(datastores[4], tiny_model, q, 100)
+    sparse = BM25Searcher(datastores[4] / BM25_DIR).search({"q": q}, k=100)["q"]
+    assert len(dense) == len(sparse) == 100
+    rrf_scores: dict[str, float] = {}
+    for run in (dense, sparse):
+        for rank, (pid, _) in enumerate(run, start=1):
+            rrf_scores[pid] = rrf_scores.get(pid, 0.0) + 1.0 / (60 + rank)
+    want = sorted(rrf_scores.items(), key=lambda x: (-x[1], x[0]))[:10]
     hybrid = r4.search(q, k=10, mode="hybrid")
-    assert [(h.id, pytest.approx(h.score)) for h in hybrid] == fuse(dense, sparse, "rrf", k=10)["q"]
+    assert [h.id for h in hybrid] == [pid for pid, _ in want]
+    assert [h.score for h in hybrid] == pytest.approx([sc for _, sc in want], abs=1e-12)
     assert all(h.text for h in hybrid)
+
+    def minmax(run):
+        lo, hi = min(s for _, s in run), max(s for _, s in run)
+        return {pid: (s - lo) / (hi - lo) for pid, s in run}
+
+    d, s = minmax(dense), minmax(sparse)
+    mixed = {pid: 0.3 * d.get(pid, 0.0) + 0.7 * s.get(pid, 0.0) for pid in set(d) | set(s)}
+    want = sorted(mixed.items(), key=lambda x: (-x[1], x[0]))[:10]
+    interp = Retriever.load(datastores[4], mode="hybrid", fusion="interpolation", alpha=0.3, precision="fp32")
+    got = interp.search(q, k=10)
+    assert [h.id for h in got] == [pid for pid, _ in want]
+    assert [h.score for h in got] == pytest.approx([sc for _, sc in want], abs=1e-5)
     dense_only = Retriever.load(datastores[4], mode="hybrid", fusion="interpolation", alpha=1.0, precision="fp32")
-    assert [h.id for h in dense_only.search(q, k=10)] == [d for d, _ in dense["q"][:10]]
+    assert [h.id for h in dense_only.search(q, k=10)] == [pid for pid, _ in dense[:10]]
 
 
 def test_run_keeps_the_best_passage_per_document(r4, queries):

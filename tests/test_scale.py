@@ -137,7 +137,7 @@ V = np.eye(4, DIM, dtype=np.float32)
     ("npy-nan", r"v\.npy:3: the vector holds a NaN or infinite value"),
     ("npy-1d", r"v\.npy: expected a 2-D array of shape \(n, dim\), got shape \(32,\)"),
     ("npy-duplicate", r"ids\.txt:4: duplicate document id 'b' \(first at .*ids\.txt:2\)"),
-    ("npy-space-id", r"ids\.txt:2: id 'b x' is empty or holds whitespace"),
+    ("npy-space-id", r"ids\.txt:2: id 'b x' holds whitespace"),
     ("jsonl-dim", r"v\.jsonl:3: 'vector' must be a list of 32 numbers, got 31"),
     ("jsonl-nan", r"v\.jsonl:2: the vector holds a NaN or infinite value"),
     ("jsonl-duplicate", r"v\.jsonl:3: duplicate document id 'a' \(first at .*v\.jsonl:1\)"),

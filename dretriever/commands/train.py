@@ -1,7 +1,8 @@
 """``dretriever train recipes/<method>.yaml [--field value ...]``: one loop, the method from the recipe.
 
-Runs under ``accelerate launch`` too: ``accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml
--m dretriever train recipes/star.yaml``.
+Several CPU processes: ``torchrun --nproc_per_node 2 -m dretriever train recipes/star.yaml``; GPUs:
+``accelerate launch --config_file recipes/accelerate/multi-gpu.yaml -m dretriever train recipes/star.yaml``
+(accelerate starts several CPU processes only through mpirun). Each process logs its world size and rank.
 """
 
 from __future__ import annotations

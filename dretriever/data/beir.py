@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from .ids import check_id
 from .jsonl import read_jsonl, required_id
+from .lines import read_lines
 
 log = logging.getLogger(__name__)
 
@@ -85,25 +87,25 @@ def load_queries(path: str | Path) -> dict[str, str]:
 def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """Read a BEIR qrels TSV (header ``query-id corpus-id score``) or a TREC qrels file."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "qrels file not found")
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8") as f:
-        for number, raw in enumerate(f, start=1):
-            parts = raw.split()
-            if not parts:
-                continue
-            if number == 1 and parts[0] == "query-id":
-                continue
-            if len(parts) == 4:  # TREC: qid iter docid rel
-                parts = [parts[0], parts[2], parts[3]]
-            if len(parts) != 3:
-                raise DataError(path, f"expected 3 columns (query-id corpus-id score), got {len(parts)}", number)
-            try:
-                score = int(parts[2])
-            except ValueError:
-                raise DataError(path, f"relevance must be an integer, got {parts[2]!r}", number) from None
-            qrels.setdefault(parts[0], {})[parts[1]] = score
+    for number, raw in read_lines(path, missing="qrels file not found"):
+        parts = raw.split()
+        if not parts:
+            continue
+        if number == 1 and parts[0] == "query-id":
+            continue
+        if len(parts) == 4:  # TREC: qid iter docid rel
+            parts = [parts[0], parts[2], parts[3]]
+        if len(parts) != 3:
+            raise DataError(path, f"expected 3 columns (query-id corpus-id score), got {len(parts)}", number)
+        if not parts[2].isascii():  # int() would read other scripts' digits ("\u0663" is 3)
+            raise DataError(path, f"relevance must be an integer, got {parts[2][:50]!r}", number)
+        try:
+            score = int(parts[2])
+        except ValueError:
+            raise DataError(path, f"relevance must be an integer, got {parts[2][:50]!r}", number) from None
+        qid, docid = (check_id(v, path, number, what) for v, what in zip(parts, ("query id", "document id")))
+        qrels.setdefault(qid, {})[docid] = score
     return qrels
 
 

@@ -12,7 +12,6 @@ different lengths, a NaN or infinite value, an empty id or one with whitespace (
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -21,10 +20,11 @@ import numpy as np
 
 from ..errors import DataError
 from .beir import Document
+from .ids import check_id
 from .jsonl import read_jsonl
+from .lines import read_lines
 
 FORMATS = ("auto", "npy", "parquet", "jsonl")
-_SPACE = re.compile(r"\s")
 
 
 @dataclass
@@ -34,15 +34,6 @@ class EmbeddingBatch:
     docs: list[Document] | None
     first_row: int  # 1-based row (JSONL: line) of ids[0]
     lines: list[int] | None = None  # JSONL: the line of each row (blank lines are skipped)
-
-
-def check_id(value, path, row: int) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(path, f"id must be a string, got {value!r}", row)
-    value = str(value)
-    if not value or _SPACE.search(value):
-        raise DataError(path, f"id {value!r} is empty or holds whitespace (ids must be one token)", row)
-    return value
 
 
 def check_finite(vectors: np.ndarray, path, first_row: int, lines: list[int] | None = None) -> None:
@@ -95,6 +86,9 @@ class EmbeddingReader:
                 if col not in schema.names:
                     raise DataError(self.path, f"missing column {col!r}; columns are {schema.names}")
             kind = schema.field(self.vector_column).type
+            if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) \
+                    or not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+                raise DataError(self.path, f"column {self.vector_column!r} must hold lists of numbers, got {kind}")
             if isinstance(kind, pa.FixedSizeListType):
                 return kind.list_size
             first = next(self._parquet().iter_batches(batch_size=1, columns=[self.vector_column]), None)
@@ -114,7 +108,8 @@ class EmbeddingReader:
     def _npy(self) -> np.ndarray:
         try:
             arr = np.load(self.path, mmap_mode="r")
-        except ValueError as e:
+        except Exception as e:  # noqa: BLE001 - numpy's header parser raises ValueError, EOFError, OSError,
+            # SyntaxError, tokenize.TokenError... on a damaged file; each is the same "not a readable array"
             raise DataError(self.path, f"not a readable .npy array ({e})") from None
         if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
             raise DataError(self.path, f"expected a 2-D array of shape (n, dim), got shape {arr.shape}")
@@ -135,32 +130,26 @@ class EmbeddingReader:
         return {"npy": self._npy_batches, "parquet": self._parquet_batches, "jsonl": self._jsonl_batches}[self.fmt]()
 
     def _npy_batches(self) -> Iterator[EmbeddingBatch]:
-        try:
-            yield from self._npy_rows()
-        except UnicodeDecodeError as e:
-            raise DataError(self.ids_path, f"not valid UTF-8 ({e.reason} at byte {e.start} of a read block)") from None
-
-    def _npy_rows(self) -> Iterator[EmbeddingBatch]:
         arr = self._npy()
         n = arr.shape[0]
-        with open(self.ids_path, encoding="utf-8", errors="strict", newline="\n") as f:
-            row = 0
-            while row < n:
-                ids = []
-                for _ in range(min(self.batch_rows, n - row)):
-                    line = f.readline()
-                    if not line:
-                        raise DataError(self.ids_path, f"the ids file ends after {row + len(ids)} ids but "
-                                        f"{self.path.name} holds {n} vectors")
-                    ids.append(check_id(line.rstrip("\r\n"), self.ids_path, row + len(ids) + 1))
-                vectors = np.ascontiguousarray(arr[row:row + len(ids)], dtype=np.float32)
-                check_finite(vectors, self.path, row + 1)
-                yield EmbeddingBatch(ids, vectors, None, row + 1)
-                row += len(ids)
-            rest = sum(1 for line in f if line.strip())
-            if rest:
-                raise DataError(self.ids_path, f"the ids file holds {n + rest} ids but {self.path.name} holds "
-                                f"{n} vectors")
+        lines = read_lines(self.ids_path)
+        row = 0
+        while row < n:
+            ids = []
+            for _ in range(min(self.batch_rows, n - row)):
+                number, line = next(lines, (None, None))
+                if number is None:
+                    raise DataError(self.ids_path, f"the ids file ends after {row + len(ids)} ids but "
+                                    f"{self.path.name} holds {n} vectors")
+                ids.append(check_id(line, self.ids_path, number))
+            vectors = np.ascontiguousarray(arr[row:row + len(ids)], dtype=np.float32)
+            check_finite(vectors, self.path, row + 1)
+            yield EmbeddingBatch(ids, vectors, None, row + 1)
+            row += len(ids)
+        rest = sum(1 for _, line in lines if line.strip())
+        if rest:
+            raise DataError(self.ids_path, f"the ids file holds {n + rest} ids but {self.path.name} holds "
+                            f"{n} vectors")
 
     def _parquet_batches(self) -> Iterator[EmbeddingBatch]:
         reader = self._parquet()

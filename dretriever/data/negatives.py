@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..index.atomic import write_text_atomic
+from .ids import check_id
 from .jsonl import read_jsonl
 
 
@@ -31,10 +32,13 @@ def read_negatives(path: str | Path) -> tuple[dict[str, list[str]], dict]:
     for number, obj in read_jsonl(path):
         if "_meta" in obj:
             meta = obj["_meta"]
+            if not isinstance(meta, dict):
+                raise DataError(path, f"'_meta' must be an object, got {type(meta).__name__}", number)
             continue
         if not isinstance(obj.get("qid"), str) or not isinstance(obj.get("negatives"), list):
             raise DataError(path, "expected {'qid': str, 'negatives': [docid, ...]}", number)
-        out[obj["qid"]] = [str(d) for d in obj["negatives"]]
+        qid = check_id(obj["qid"], path, number, "'qid'")
+        out[qid] = [check_id(d, path, number, f"negative of query {qid!r}") for d in obj["negatives"]]
     if not out:
         raise DataError(path, "no negatives")
     return out, meta

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DataError
+from .ids import check_id
 from .jsonl import read_jsonl, required_id
 
 log = logging.getLogger(__name__)
@@ -141,16 +142,24 @@ def text_files(folder: Path) -> list[Path]:
 def read_text_dir(folder: Path) -> Iterator[Record]:
     empty = 0
     for path in text_files(folder):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            line = path.read_bytes()[:e.start].count(b"\n") + 1
-            raise DataError(path, f"not valid UTF-8 (byte {e.start})", line) from None
+        text = read_text_file(path)
         if not text.strip():
             empty += 1
             continue
         rel = path.relative_to(folder)
-        doc_id = os.path.splitext(rel.as_posix())[0]
+        doc_id = check_id(os.path.splitext(rel.as_posix())[0], path, None, "document id (the file's path)")
         yield Record(doc_id, "", text, {"file": rel.as_posix()}, f"{path}:1")
     if empty:
         log.warning("%s: skipped %d empty text file(s)", folder, empty)
+
+
+def read_text_file(path: Path) -> str:
+    """A text file's content (a leading BOM dropped); bad bytes raise ``file:line: not valid UTF-8 (...)``."""
+    data = path.read_bytes()
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = start + e.start
+        raise DataError(path, f"not valid UTF-8 (byte offset {bad} in the file)", data.count(b"\n", 0, bad) + 1) \
+            from None

@@ -155,9 +155,13 @@ class _Dist:
     """Process rank/world from accelerate (or torchrun) when launched with it, else a single process."""
 
     def __init__(self):
+        import torch
         from accelerate import PartialState
 
-        self.state = PartialState()
+        # Under torchrun on a machine without an accelerator, accelerate joins the gloo group only when told
+        # cpu=True; otherwise every process ran as rank 0 of 1 and built every shard.
+        cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+        self.state = PartialState(cpu=cpu) if cpu else PartialState()
         self.rank, self.world = self.state.process_index, self.state.num_processes
 
     def barrier(self):

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import DretrieverError
 from .batcher import MicroBatcher
@@ -51,6 +52,19 @@ class Health(BaseModel):
     model: str
     max_k: int
     max_batch: int
+
+
+class ErrorOut(BaseModel):
+    error: str
+    field: str | None
+    detail: list[dict] | None = None
+
+
+# Every status a route can answer besides 200, documented in /openapi.json (clients and schemathesis read it).
+ERRORS = {400: {"model": ErrorOut, "description": "a request the index cannot serve (the message says why)"},
+          401: {"model": ErrorOut, "description": "missing or wrong API key (when the server has one)"},
+          413: {"model": ErrorOut, "description": "request body over the server's limit"},
+          422: {"model": ErrorOut, "description": "a field of the wrong type or value (named in `field`)"}}
 
 
 def _nonblank(value: str) -> str:
@@ -89,8 +103,16 @@ def request_models(max_k: int, max_batch: int, max_query_chars: int):
     return SearchIn, BatchSearchIn
 
 
-def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status)
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error echoing a request's lone surrogate (``"\\ud800"``) still encodes
+    (JSONResponse writes UTF-8 and raised UnicodeEncodeError: a 500 for a client's mistake)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, separators=(",", ":"), default=str).encode("ascii")
+
+
+def _error(status: int, message: str, field: str | None = None, **extra) -> JSONResponse:
+    return AsciiJSONResponse({"error": message, "field": field, **extra}, status_code=status)
 
 
 class Guard:
@@ -153,21 +175,26 @@ def create_app(retriever: Retriever, name: str = "index", api_key: str | None = 
         if first.get("type") == "json_invalid":
             field = "body"
         message = f"{field}: {first.get('msg', 'invalid')}"
-        return JSONResponse({"error": message, "field": field,
-                             "detail": json.loads(json.dumps(exc.errors(), default=str))}, status_code=422)
+        return _error(422, message, field, detail=json.loads(json.dumps(exc.errors(), default=str)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        # FastAPI's own 400 (a body it cannot parse), 404, 405: the same error shape as every other error
+        field = "body" if exc.status_code == 400 else None
+        return _error(exc.status_code, str(exc.detail), field)
 
     @app.exception_handler(DretrieverError)
     async def _bad(request: Request, exc: DretrieverError):
         field = str(exc).split(":", 1)[0]
         return _error(400, str(exc), field)
 
-    @app.get("/health", response_model=Health)
+    @app.get("/health", response_model=Health, responses={401: ERRORS[401]})
     def health() -> Health:
         index = retriever.index
         return Health(status="ok", passages=len(index), shards=len(index.shards), modes=retriever.modes,
                       model=str(index.manifest["encoder"]["model"]), max_k=max_k, max_batch=max_batch)
 
-    @app.post("/search", response_model=SearchOut)
+    @app.post("/search", response_model=SearchOut, responses=ERRORS)
     async def search(body: SearchIn) -> SearchOut:
         if batcher is not None:
             hits = await batcher(body.query, k=body.k, mode=body.mode)
@@ -175,7 +202,7 @@ def create_app(retriever: Retriever, name: str = "index", api_key: str | None = 
             hits = await run_in_threadpool(retriever.search, body.query, body.k, body.mode)
         return SearchOut(hits=[HitOut(**h.to_dict()) for h in hits])
 
-    @app.post("/batch_search", response_model=BatchSearchOut)
+    @app.post("/batch_search", response_model=BatchSearchOut, responses=ERRORS)
     async def batch_search(body: BatchSearchIn) -> BatchSearchOut:
         rows = await run_in_threadpool(retriever.batch_search, body.queries, body.k, body.mode)
         return BatchSearchOut(results=[[HitOut(**h.to_dict()) for h in row] for row in rows])

@@ -17,11 +17,26 @@ def write_trec_run(run: Run, path: str | Path, tag: str) -> None:
 
 
 def read_trec_run(path: str | Path) -> Run:
+    """A TREC run file (``qid Q0 docid rank score tag``); a malformed line raises DataError with ``file:line``."""
+    import math
+
+    from ..data.lines import read_lines
+    from ..errors import DataError
+
     run: Run = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            qid, _, docid, _, score, *_ = line.split()
-            run.setdefault(qid, []).append((docid, float(score)))
+    for number, line in read_lines(path, missing="run file not found"):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 6:
+            raise DataError(path, f"expected 6 columns (qid Q0 docid rank score tag), got {len(parts)}", number)
+        try:
+            score = float(parts[4])
+        except ValueError:
+            raise DataError(path, f"score must be a number, got {parts[4][:50]!r}", number) from None
+        if not math.isfinite(score):
+            raise DataError(path, f"score must be finite, got {parts[4]!r}", number)
+        run.setdefault(parts[0], []).append((parts[2], score))
     return run
 
 

@@ -131,6 +131,7 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
     accelerator = dist_utils.Runtime(Accelerator())
     device, main = accelerator.device, accelerator.is_main_process
     world = accelerator.num_processes
+    log.info("train: world size %d (this is rank %d)", world, accelerator.process_index)
     out = Path(args.output_dir)
     if main:
         out.mkdir(parents=True, exist_ok=True)
