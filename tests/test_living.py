@@ -266,3 +266,55 @@ def test_filters_with_tombstones_and_bad_filters(filtered, tiny_model, tmp_path)
         build_datastore(DatastoreArgs(sources=[str(bad)], output=str(tmp_path / "bad"), model=str(tiny_model), shards=1,
                                       filter_keys="year:int",
                                       progress=False))
+
+
+# ---------------------------------------------------------------- hot reload
+def test_server_filters_and_hot_reloads_a_new_generation(filtered, tiny_model, tmp_path):
+    import shutil
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from dretriever.search.server import create_app
+
+    _, roots = filtered
+    root = tmp_path / "ds"
+    shutil.copytree(roots["Flat"], root)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = create_app(Retriever.load(root, precision="fp32"), api_key="k")
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        with httpx.Client(base_url=url, headers={"X-API-Key": "k"}, timeout=60) as http:
+            r = http.post("/search", json={"query": "w5 w6", "k": 5, "filter": {"year": {"gte": 2018}}})
+            assert r.status_code == 200 and r.headers["X-Dretriever-Generation"] == "0"
+            assert r.json()["generation"] == 0 and all(h["metadata"]["year"] >= 2018 for h in r.json()["hits"])
+            for body, field in [({"query": "w", "filter": {"colour": "red"}}, "filter"),
+                                ({"query": "w", "filter": {"year": "2001"}}, "filter"),
+                                ({"queries": ["w"], "filter": {"year": {"in": "x"}}}, "filter")]:
+                bad = http.post("/batch_search" if "queries" in body else "/search", json=body)
+                assert bad.status_code == 422 and bad.json()["field"] == field, bad.text
+                assert "filter." in bad.json()["error"]
+            bm25 = http.post("/search", json={"query": "w", "mode": "bm25", "filter": {"year": 2001}})
+            assert bm25.status_code == 400  # this datastore has no BM25: the mode is refused
+            assert httpx.post(f"{url}/admin/reload").status_code == 401
+            write_jsonl(tmp_path / "new.jsonl", [{"_id": "zz-new", "text": "w5 w6 w5 w6", "year": 2030,
+                                                  "source": "web", "score": 1.0}])
+            add_documents(root, [str(tmp_path / "new.jsonl")], precision="fp32", progress=False)
+            assert http.post("/search", json={"query": "w5", "filter": {"year": 2030}}).json()["hits"] == []
+            done = http.post("/admin/reload")
+            assert done.status_code == 200 and done.json() == {"generation": 1, "previous": 0, "passages": 801}
+            r = http.post("/search", json={"query": "w5", "filter": {"year": 2030}})
+            assert r.headers["X-Dretriever-Generation"] == "1" and [h["doc_id"] for h in r.json()["hits"]] == ["zz-new"]
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()

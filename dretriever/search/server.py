@@ -5,14 +5,21 @@ and the mode (there is no field naming a path or another index; unknown fields a
 requests get a 4xx whose message names the field: 422 for wrong types or values, 413 for a body over
 ``max_body_bytes``, and 401 for any request without the API key when one is configured
 (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``).
+
+Living datastores: ``filter`` (dense mode) restricts hits by metadata (``index/filters.py``; an unknown key or a
+wrong value type is a 422 naming ``filter.KEY``). ``POST /admin/reload`` (only when an API key is configured)
+opens the datastore's current generation and swaps it in atomically: a request holds the Retriever it started
+with, so requests in flight finish on the old generation. Every answer names the generation it was served
+from (``generation`` in the body, ``X-Dretriever-Generation`` header).
 """
 
 
+import asyncio
 import hmac
 import json
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,6 +29,7 @@ from ..errors import DretrieverError
 from .retriever import Retriever
 
 API_KEY_ENV = "DRETRIEVER_API_KEY"
+GENERATION_HEADER = "X-Dretriever-Generation"
 
 
 class HitOut(BaseModel):
@@ -36,10 +44,18 @@ class HitOut(BaseModel):
 
 class SearchOut(BaseModel):
     hits: list[HitOut]
+    generation: int
 
 
 class BatchSearchOut(BaseModel):
     results: list[list[HitOut]]
+    generation: int
+
+
+class ReloadOut(BaseModel):
+    generation: int
+    previous: int
+    passages: int
 
 
 class Health(BaseModel):
@@ -50,6 +66,7 @@ class Health(BaseModel):
     model: str
     max_k: int
     max_batch: int
+    generation: int
 
 
 def _nonblank(value: str) -> str:
@@ -58,22 +75,42 @@ def _nonblank(value: str) -> str:
     return value
 
 
-def request_models(max_k: int, max_batch: int, max_query_chars: int):
+FILTER_HELP = ('metadata filter (dense mode), keys AND-ed: {"source": "pubmed", "year": {"gte": 2015, "lt": 2020}, '
+               '"lang": {"in": ["en", "de"]}, "doc_id": {"prefix": "PMC"}}')
+
+
+def request_models(max_k: int, max_batch: int, max_query_chars: int, filter_keys: dict[str, str] | None = None):
     """Request bodies with the server's limits built into their schema (they show in /openapi.json)."""
+    from ..index.filters import parse_filter
+
+    keys = filter_keys or {}
+    help_text = FILTER_HELP + f"; declared keys: {', '.join(['doc_id', *keys])}"
+
+    def check_filter(cls, value):
+        try:
+            parse_filter(value, keys)
+        except DretrieverError as e:
+            raise ValueError(str(e)) from None
+        return value
 
     class SearchIn(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
         query: str = Field(min_length=1, max_length=max_query_chars)
         k: int = Field(default=10, ge=1, le=max_k)
         mode: Literal["dense", "bm25", "hybrid"] | None = None
+        filter: dict[str, Any] | None = Field(default=None, description=help_text)
 
         _check_query = field_validator("query")(_nonblank)
+        _check_filter = field_validator("filter")(classmethod(check_filter))
 
     class BatchSearchIn(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
         queries: list[str] = Field(min_length=1, max_length=max_batch)
         k: int = Field(default=10, ge=1, le=max_k)
         mode: Literal["dense", "bm25", "hybrid"] | None = None
+        filter: dict[str, Any] | None = Field(default=None, description=help_text)
+
+        _check_filter = field_validator("filter")(classmethod(check_filter))
 
         @field_validator("queries")
         @classmethod
@@ -136,8 +173,10 @@ class Guard:
 
 def create_app(retriever: Retriever, name: str = "index", api_key: str | None = None, max_k: int = 1000,
                max_batch: int = 64, max_query_chars: int = 2000, max_body_bytes: int = 1 << 20):
-    """The ASGI app (FastAPI wrapped in :class:`Guard`) serving ``retriever``."""
-    SearchIn, BatchSearchIn = request_models(max_k, max_batch, max_query_chars)
+    """The ASGI app (FastAPI wrapped in :class:`Guard`) serving ``retriever`` (swapped by ``/admin/reload``)."""
+    SearchIn, BatchSearchIn = request_models(max_k, max_batch, max_query_chars, retriever.filter_keys)
+    state = {"retriever": retriever}  # one reference, replaced whole by a reload
+    reloading = asyncio.Lock()
     app = FastAPI(title="dretriever", version="1", description=f"Dense/BM25/hybrid retrieval over `{name}`.")
 
     @app.exception_handler(RequestValidationError)
@@ -157,19 +196,40 @@ def create_app(retriever: Retriever, name: str = "index", api_key: str | None = 
         return _error(400, str(exc), field)
 
     @app.get("/health", response_model=Health)
-    def health() -> Health:
-        index = retriever.index
-        return Health(status="ok", passages=len(index), shards=len(index.shards), modes=retriever.modes,
-                      model=str(index.manifest["encoder"]["model"]), max_k=max_k, max_batch=max_batch)
+    def health(response: Response) -> Health:
+        r = state["retriever"]
+        index = r.index
+        response.headers[GENERATION_HEADER] = str(r.generation)
+        return Health(status="ok", passages=len(index), shards=len(index.shards), modes=r.modes,
+                      model=str(index.manifest["encoder"]["model"]), max_k=max_k, max_batch=max_batch,
+                      generation=r.generation)
 
     @app.post("/search", response_model=SearchOut)
-    async def search(body: SearchIn) -> SearchOut:
-        hits = await run_in_threadpool(retriever.search, body.query, body.k, body.mode)
-        return SearchOut(hits=[HitOut(**h.to_dict()) for h in hits])
+    async def search(body: SearchIn, response: Response) -> SearchOut:
+        r = state["retriever"]  # this request's generation, whatever a reload does meanwhile
+        hits = await run_in_threadpool(r.search, body.query, body.k, body.mode, True, body.filter)
+        response.headers[GENERATION_HEADER] = str(r.generation)
+        return SearchOut(hits=[HitOut(**h.to_dict()) for h in hits], generation=r.generation)
 
     @app.post("/batch_search", response_model=BatchSearchOut)
-    async def batch_search(body: BatchSearchIn) -> BatchSearchOut:
-        rows = await run_in_threadpool(retriever.batch_search, body.queries, body.k, body.mode)
-        return BatchSearchOut(results=[[HitOut(**h.to_dict()) for h in row] for row in rows])
+    async def batch_search(body: BatchSearchIn, response: Response) -> BatchSearchOut:
+        r = state["retriever"]
+        rows = await run_in_threadpool(r.batch_search, body.queries, body.k, body.mode, True, body.filter)
+        response.headers[GENERATION_HEADER] = str(r.generation)
+        return BatchSearchOut(results=[[HitOut(**h.to_dict()) for h in row] for row in rows],
+                              generation=r.generation)
+
+    @app.post("/admin/reload", response_model=ReloadOut)
+    async def reload(response: Response) -> ReloadOut:
+        """Open the datastore's current generation and swap it in; requests in flight finish on the old one."""
+        if api_key is None:
+            return _error(403, "admin/reload: only available when the server has an API key "
+                               f"({API_KEY_ENV})", "authorization")
+        async with reloading:
+            old = state["retriever"]
+            new = await run_in_threadpool(old.reopen)
+            state["retriever"] = new
+        response.headers[GENERATION_HEADER] = str(new.generation)
+        return ReloadOut(generation=new.generation, previous=old.generation, passages=len(new.index))
 
     return Guard(app, api_key, max_body_bytes)
