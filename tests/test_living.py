@@ -318,3 +318,76 @@ def test_server_filters_and_hot_reloads_a_new_generation(filtered, tiny_model, t
         srv.should_exit = True
         thread.join(10)
         sock.close()
+
+
+# ---------------------------------------------------------------- kill -9
+@pytest.fixture(scope="module")
+def small_sequence(scifact_small, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("small_sequence")
+    docs = [json.loads(line) for line in (scifact_small / "corpus.jsonl").open()]
+    rng = np.random.default_rng(2)
+    order = rng.permutation(len(docs))
+    base, added = [docs[i] for i in sorted(order[:320])], [docs[i] for i in sorted(order[320:])]
+    gone = [docs[i]["_id"] for i in rng.choice(len(docs), size=100, replace=False)]
+    readded = [changed(d) for d in docs if d["_id"] in set(gone[:20])]
+    final = [d for d in base + added if d["_id"] not in set(gone)] + readded
+    for name, rows in (("base", base), ("added", added), ("readded", readded), ("final", final)):
+        write_jsonl(tmp / f"{name}.jsonl", rows)
+    (tmp / "deleted.txt").write_text("".join(d + "\n" for d in gone))
+    queries = [json.loads(line)["text"] for line in (scifact_small / "queries.jsonl").open()]
+    return tmp, queries
+
+
+def driver(out: Path, model: Path, data: Path) -> list[str]:
+    return CLI[:1] + ["-m", "tests.living_driver", str(out), str(model), str(data)]
+
+
+def test_kill_9_during_a_change_leaves_the_previous_generation_and_a_rerun_finishes(small_sequence, tiny_model,
+                                                                                     tmp_path):
+    """A kill right after the add's new shards are built (journal in its commit phase, nothing published): the
+    published generation still opens and answers; the rerun finishes the add without encoding again."""
+    from .kill_harness import kill_when
+
+    data, queries = small_sequence
+    out = tmp_path / "ds"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    build(data / "base.jsonl", out, tiny_model)
+    (tmp_path / "ds.steps").write_text('["build"]')
+    before = Retriever.load(out, precision="fp32").batch_search(queries, 10)
+
+    def committing():
+        journal = gen.read_journal(out)
+        return journal is not None and journal["phase"] == "commit"
+
+    assert kill_when(driver(out, tiny_model, data), committing, env), "the add ended before its commit phase"
+    assert mf.read_manifest(out).get("generation", 0) == 0 and gen.read_journal(out)["phase"] == "commit"
+    assert [[h.id for h in r] for r in Retriever.load(out, precision="fp32").batch_search(queries, 10)] == \
+           [[h.id for h in r] for r in before]
+    done = subprocess.run(driver(out, tiny_model, data), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = mf.read_manifest(out)
+    assert manifest["generation"] == 3 and not gen.read_journal(out)
+    assert [c["op"] if "op" in c else None for c in manifest["changes"]] == ["add", "delete", "add"]
+    assert not list(out.glob(".change-*"))
+
+
+def test_kill_9_at_random_moments_of_the_sequence_ends_identical(small_sequence, tiny_model, tmp_path):
+    from .kill_harness import kill_and_resume, timed_run
+
+    data, queries = small_sequence
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    clean = tmp_path / "clean"
+    clean_seconds = timed_run(driver(clean, tiny_model, data), env)
+    killed = tmp_path / "killed"
+    report = kill_and_resume(driver(killed, tiny_model, data), clean_seconds, kills=5, seed=3, env=env,
+                             startup_seconds=4.0)
+    assert report.kills_landed >= 3, report
+    fresh = tmp_path / "fresh"
+    build(data / "final.jsonl", fresh, tiny_model, bm25=True)
+    b = Retriever.load(fresh, precision="fp32")
+    for root in (clean, killed):
+        a = Retriever.load(root, precision="fp32")
+        assert len(a.index) == len(b.index)
+        assert_same_results(a, b, queries, "dense")
+        assert_same_results(a, b, queries, "bm25")
+        assert not gen.read_journal(root) and not list(root.glob(".change-*"))

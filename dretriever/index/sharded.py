@@ -253,7 +253,11 @@ class ShardedIndex:
                 block = positions[start:start + 65536]
                 d = queries @ shard.rows(block).T
                 kk = min(k, len(block))
-                top = np.argsort(-d, axis=1, kind="stable")[:, :kk]
+                if kk < len(block):  # the block's top-kk (argpartition; ties at the cut are left open, as in faiss)
+                    top = np.argpartition(-d, kk - 1, axis=1)[:, :kk]
+                    top.sort(axis=1)
+                else:
+                    top = np.broadcast_to(np.arange(len(block)), d.shape)
                 best_d.append(np.take_along_axis(d, top, axis=1))
                 best_i.append(block[top])
             d, i = np.concatenate(best_d, axis=1), np.concatenate(best_i, axis=1)
