@@ -351,7 +351,7 @@ def test_kill_9_during_a_change_leaves_the_previous_generation_and_a_rerun_finis
     data, queries = small_sequence
     out = tmp_path / "ds"
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
-    build(data / "base.jsonl", out, tiny_model)
+    build(data / "base.jsonl", out, tiny_model, bm25=True)  # the commit phase rebuilds BM25: seconds to land in
     (tmp_path / "ds.steps").write_text('["build"]')
     before = Retriever.load(out, precision="fp32").batch_search(queries, 10)
 

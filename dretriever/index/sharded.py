@@ -115,6 +115,7 @@ class ShardedIndex:
         self._pool_lock = threading.Lock()
         self.rerank = 0
         self.exact_limit = EXACT_LIMIT
+        self.search_params: dict = {}
         self.last_plan = ""  # how the last search ran: exact | index | index+exhaustive (benchmarks print it)
         self.filter_keys: dict[str, str] = manifest.get("filter_keys") or {}
 
@@ -166,6 +167,7 @@ class ShardedIndex:
                 raise DretrieverError(f"{self.root}: rerank needs full vectors kept beside every shard "
                                       "(build with --keep_vectors float16 or float32)")
             self.rerank = int(rerank)
+        self.search_params.update(params)  # remembered, so that a reopened generation gets them too
         space = faiss.ParameterSpace()
         for shard in self.shards:
             for key, value in params.items():

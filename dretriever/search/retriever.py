@@ -88,7 +88,7 @@ class Retriever:
                              fusion=self.fusion, alpha=self.alpha, fusion_depth=self.fusion_depth,
                              batch_size=self.dense.batch_size, precision=self.dense.precision,
                              encoder=self.dense.encoder)
-        new.index.rerank = self.index.rerank
+        new.index.set_search_params(rerank=self.index.rerank or None, **self.index.search_params)
         new.index.exact_limit = self.index.exact_limit
         return new
 
