@@ -8,7 +8,8 @@ IDS`` then a reload. Every answer names its generation (body ``generation`` and 
 answer holds an added document, or when an answer from the delete's generation (or later) holds a deleted
 one. Reports errors, mixed responses, and p50/p99 latency before (until the add starts), during (until the
 last reload returns) and after; exits 1 on any error or mixed response. The datastore is changed in place:
-give it a scratch copy.
+give it a scratch copy. When the changes take longer than ``--duration``, the load goes on until ``--after``
+seconds past the last reload.
 
     cp -r indexes/scifact.live /tmp/live && python eval/reload_under_load.py --index /tmp/live \\
         --add data/added.jsonl --ids data/deleted.txt --clients 16 --duration 30
@@ -49,6 +50,8 @@ class ReloadArgs:
     clients: int = 16
     duration: float = 30.0
     k: int = 10
+    after: float = field(default=10.0, metadata={"help": "seconds of load after the last reload (the load runs "
+                                                         "past --duration until then)"})
     output_dir: str = "eval/reports/reload"
 
 
@@ -72,13 +75,13 @@ def main(argv) -> int:
     events: dict[str, float] = {}
     lock = threading.Lock()
     t0 = time.perf_counter()
-    deadline = t0 + args.duration
+    stop = threading.Event()
     env = {**os.environ, API_KEY_ENV: key}
 
     def client(c: int):
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=120) as http:
             i = c
-            while time.perf_counter() < deadline:
+            while not stop.is_set():
                 start = time.perf_counter()
                 generation, problem = None, None
                 try:
@@ -122,16 +125,23 @@ def main(argv) -> int:
             events["reload_2"] = http.post("/admin/reload").json()
             events["reload_2_done"] = time.perf_counter() - t0
 
+    def stopper():
+        change.join()
+        time.sleep(max(args.after, args.duration - (time.perf_counter() - t0)))
+        stop.set()
+
     threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
     change = threading.Thread(target=changer)
+    ender = threading.Thread(target=stopper)
     try:
-        for t in threads + [change]:
+        for t in threads + [change, ender]:
             t.start()
-        for t in threads + [change]:
+        for t in threads + [change, ender]:
             t.join()
     finally:
         proc.terminate()
         proc.wait(30)
+    wall = time.perf_counter() - t0
     start_during, end_during = events.get("add_start", float("inf")), events.get("reload_2_done", float("inf"))
     phases = {"before": [], "during": [], "after": []}
     for start, secs, _, _ in records:
@@ -143,7 +153,7 @@ def main(argv) -> int:
     for _, _, g, _ in records:
         by_gen[str(g)] = by_gen.get(str(g), 0) + 1
     report = {"command": "python eval/reload_under_load.py " + " ".join(argv), "args": asdict(args),
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "requests": len(records),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "requests": len(records), "wall_s": wall,
               "errors": len(errors), "error_samples": errors[:5], "mixed": len(mixed), "mixed_samples": mixed[:5],
               "by_generation": by_gen, "events": events,
               "latency_ms": {name: percentiles(ms) for name, ms in phases.items()}}
@@ -153,7 +163,7 @@ def main(argv) -> int:
     lat = report["latency_ms"]
     write_text_atomic(out / "reload_under_load.md", "\n".join([
         "# Hot reload under load", "", f"`{report['command']}` ({report['date']})", "",
-        f"{args.clients} clients, {args.duration:.0f} s, {len(records)} requests, **{len(errors)} errors**, "
+        f"{args.clients} clients, {wall:.0f} s of load, {len(records)} requests, **{len(errors)} errors**, "
         f"**{len(mixed)} responses mixing generations**; answers per generation {json.dumps(by_gen)}", "",
         "| phase | requests | p50 ms | p99 ms |", "|---|---|---|---|",
         *[f"| {n} | {v.get('requests', 0)} | {v.get('p50', 0):.1f} | {v.get('p99', 0):.1f} |" for n, v in lat.items()],
