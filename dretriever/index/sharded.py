@@ -15,8 +15,8 @@ A living datastore (``index/changes.py``) adds tombstones (deleted positions per
 allowed positions (live, and matching the filter), passed in the search parameters (also to the shared coarse
 assignment's ``search_preassigned`` and before re-ranking), so k hits come back whenever k allowed rows exist;
 nothing is dropped afterwards. A planner chooses per search: when a filter leaves at most ``exact_limit`` rows
-and their full vectors can be read (kept vectors, or a Flat index), those rows alone are scored exactly (exact
-and fast at low selectivity); otherwise the approximate index searches with the selector, and any query that
+and their full vectors are kept beside an approximate index, those rows alone are scored exactly (exact and
+fast at low selectivity; a Flat index with the selector is already exact and computes only the allowed rows); otherwise the approximate index searches with the selector, and any query that
 still got fewer than ``min(k, allowed)`` hits (an IVF probe holding too few allowed rows) is searched again
 exhaustively. Opening also opens every doc store and kept-vector file, so a reader keeps its generation's files
 however a later change garbage-collects them (Linux keeps unlinked open files).
@@ -213,7 +213,7 @@ class ShardedIndex:
         rerank = self.rerank if rerank is None else rerank
         allowed = self.allowed(flt)
         total = sum(s.index.ntotal if a is None else a.count for s, a in zip(self.shards, allowed))
-        if flt is not None and total <= self.exact_limit and all(s.scannable() for s in self.shards):
+        if flt is not None and total <= self.exact_limit and self._scan_pays():
             self.last_plan = "exact"
             return self._exact(queries, k, allowed)
         self.last_plan = "index"
@@ -233,6 +233,12 @@ class ShardedIndex:
             for a, b in zip((scores, shard_of, pos), again):
                 a[short, :b.shape[1]] = b
         return scores, shard_of, pos
+
+    def _scan_pays(self) -> bool:
+        """Exact scan of the matching rows: when their vectors can be read and the index is approximate (a Flat
+        index with a selector already computes only the allowed rows' scores, natively, and exactly)."""
+        return all(s.scannable() for s in self.shards) and not all(
+            isinstance(s.index, faiss.IndexFlat) for s in self.shards)
 
     def _exhaustive(self, queries, k, allowed, rerank):
         if all(s.scannable() for s in self.shards):
