@@ -1,6 +1,6 @@
 """The change sequence of tests/test_living.py as one resumable process, for the kill -9 test.
 
-``python -m tests.living_driver OUT MODEL DATA`` builds OUT from DATA/base.jsonl, adds DATA/added.jsonl, deletes
+``python -m tests.living_driver OUT MODEL DATA [STEPS]`` builds OUT from DATA/base.jsonl, adds DATA/added.jsonl, deletes
 the ids in DATA/deleted.txt and re-adds DATA/readded.jsonl. ``OUT.steps`` records each finished step; a rerun
 skips those and reruns the interrupted one (which finishes a pending change from its journal, or repeats an
 add that had published before its step was recorded: the same documents replace themselves, the corpus is
@@ -18,7 +18,7 @@ from dretriever.index.changes import add_documents, delete_documents
 from dretriever.index.datastore import DatastoreArgs, build_datastore
 
 
-def main(out: str, model: str, data: str, bm25: str = "true") -> None:
+def main(out: str, model: str, data: str, only: str = "build,add,delete,readd", bm25: str = "true") -> None:
     out_path, data = Path(out), Path(data)
     marker = out_path.with_name(out_path.name + ".steps")
     done = json.loads(marker.read_text()) if marker.is_file() else []
@@ -33,7 +33,7 @@ def main(out: str, model: str, data: str, bm25: str = "true") -> None:
                                        progress=False),
     }
     for name, step in steps.items():
-        if name in done:
+        if name in done or name not in only.split(","):
             continue
         step()
         done.append(name)
