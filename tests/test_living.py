@@ -249,6 +249,10 @@ def test_filters_with_tombstones_and_bad_filters(filtered, tiny_model, tmp_path)
     (tmp_path / "ids").write_text("".join(f"doc{i:04d}\n" for i in range(0, 800, 2)))
     delete_documents(root, tmp_path / "ids")
     r = Retriever.load(root, precision="fp32")
+    from dretriever.index.merge import merge_index
+
+    with pytest.raises(DretrieverError, match="has deleted rows; run `dretriever datastore compact"):
+        merge_index(root, tmp_path / "merged")  # merging would bring the deleted rows back
     hits = r.search("w1 w2 w3", k=50, filter={"source": {"in": ["pubmed", "arxiv"]}})  # even ids: all deleted
     assert hits == []
     hits = r.search("w1 w2 w3", k=50, filter={"source": "pmc"})
