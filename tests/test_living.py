@@ -397,3 +397,33 @@ def test_kill_9_at_random_moments_of_the_sequence_ends_identical(small_sequence,
         assert_same_results(a, b, queries, "dense")
         assert_same_results(a, b, queries, "bm25")
         assert not gen.read_journal(root) and not list(root.glob(".change-*"))
+
+
+def test_compact_copies_ivf_codes_so_results_do_not_change(filtered, tmp_path):
+    import shutil
+
+    from dretriever.index.sharded import ShardedIndex
+
+    _, roots = filtered
+    root = tmp_path / "ivf"
+    shutil.copytree(roots["IVF8,PQ8"], root)
+    (tmp_path / "ids").write_text("".join(f"doc{i:04d}\n" for i in range(0, 800, 3)))
+    delete_documents(root, tmp_path / "ids")
+    q = np.random.default_rng(5).normal(size=(16, 32)).astype(np.float32)
+
+    def run():
+        index = ShardedIndex.open(root)
+        index.set_search_params(nprobe=4)
+        scores, hits = index.search(q, 20, filter={"year": {"lt": 2015}})
+        return scores, [[index.docid(*h) for h in row] for row in hits], index
+
+    before_scores, before_ids, _ = run()
+    report = compact(root)
+    after_scores, after_ids, index = run()
+    assert report.compacted_shards == 3 and len(index) == sum(s.index.ntotal for s in index.shards) == 800 - 267
+    np.testing.assert_array_equal(after_scores, before_scores)  # the same PQ codes in the same lists
+    assert after_ids == before_ids
+    assert sorted(p.name for p in root.glob("shard-*")) == [f"shard-{i:05d}" for i in range(6)]  # gen 1 kept
+    removed = gen.collect_garbage(root, keep=1)  # only the current generation: the pre-compaction shards go
+    assert sorted(removed) == ["shard-00000", "shard-00001", "shard-00002"]
+    assert not list(root.glob("shard-*/deleted.*")) and len(ShardedIndex.open(root)) == 533

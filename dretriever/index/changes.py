@@ -9,8 +9,9 @@
 - **delete** tombstones every passage of the given document ids (found through the doc stores' indexed
   ``doc_id`` column); ids not live in the datastore are counted and reported, not an error.
 - **compact** rewrites each shard with tombstones into a new shard folder without the deleted rows (IVF lists
-  are copied code by code with renumbered ids; Flat/HNSW vectors are reconstructed and re-added), so search
-  results do not change.
+  are copied code by code with renumbered ids, so IVF results do not change at all; Flat/HNSW vectors are
+  reconstructed and re-added; 4-bit fast-scan IVF, whose lists are packed in blocks, is re-added from the kept
+  vectors, so its codes are re-quantized from float16: build it with ``--keep_vectors``).
 
 BM25 follows: its statistics (idf, average length) belong to the whole live corpus, so after an add or a delete
 the Lucene index is rebuilt from the live doc-store rows into ``bm25.gNNNNNN/`` (equal to a fresh build's);
