@@ -55,7 +55,7 @@ class FilterArgs:
     generator: str = field(default="scifact", metadata={"help": "scifact: the mixture fitted to SciFact MiniLM "
                                                                 "embeddings (encodes SciFact once, cached); gaussian: "
                                                                 "one fitted to a seeded Gaussian mixture (quick checks)"})
-    workdir: str = "eval/reports/filters/work"
+    workdir: str = field(default="/tmp/dretriever-bench-filters", metadata={"help": "scratch (removed at the end)"})
     output_dir: str = "eval/reports/filters"
     keep_work: bool = False
 
