@@ -27,6 +27,9 @@ COMMANDS = {
     "adore index": ("dretriever.commands.adore_index", "index an ADORE model by reusing its starting index"),
     "teacher": ("dretriever.commands.teacher", "write teacher scores (bi-encoder, BM25, fusion, cross-encoder)"),
     "datastore build": ("dretriever.commands.datastore_build", "raw text -> passages -> sharded index"),
+    "datastore add": ("dretriever.commands.datastore_add", "add or replace documents (new shards, new generation)"),
+    "datastore delete": ("dretriever.commands.datastore_delete", "delete documents by id (tombstones)"),
+    "datastore compact": ("dretriever.commands.datastore_compact", "rewrite shards without their deleted rows"),
     "serve": ("dretriever.commands.serve", "serve an index over HTTP (FastAPI + uvicorn)"),
 }
 

@@ -19,7 +19,8 @@ A build runs in phases, each recorded in the manifest so that a killed build res
 3. **encode**: each shard's passages are read back from its staging doc store in chunks of ``chunk_docs``;
    each chunk's vectors are appended to ``vectors.f32`` and fsynced, then the manifest commits the chunk.
    A kill loses at most the chunk in flight; ``encode_runs`` records which run encoded which rows.
-4. **finish**: the faiss index and docid files are written, checksums taken, the staging folder renamed to
+4. **finish**: the faiss index and docid files are written, the doc store gets its ``doc_id`` and filter
+   columns (``docstore.finalize_docstore``), checksums are taken, the staging folder renamed to
    ``shard-NNNNN`` and the shard marked done. A rerun skips done shards.
 
 Partial work lives only in dot-folders ending ``.partial`` or ``.tmp-PID`` and is never marked done.
@@ -53,7 +54,7 @@ from . import vectors as vf
 from .atomic import fsync_dir, sha256_file
 from .docids import write_docids
 from .docstore import FILENAME as DOCSTORE
-from .docstore import DocStore, DocStoreWriter, DuplicateId
+from .docstore import DocStore, DocStoreWriter, DuplicateId, finalize_docstore
 
 log = logging.getLogger(__name__)
 TRAINED = "trained.index"
@@ -114,6 +115,9 @@ def corpus_source(corpus: dict[str, Document], num_shards: int, description: dic
             yield Batch(shard_of[a:a + len(chunk)], chunk, [corpus[d] for d in chunk])
 
     return ShardedSource(num_shards, batches, {**description, "num_docs": len(ids)})
+
+
+ENCODER_SETTINGS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_max_length", "doc_max_length")
 
 
 def encoder_info(encoder, model: str) -> dict:
@@ -179,18 +183,22 @@ class BuildSettings:
     keep_vectors: str = "none"  # none | float16 | float32: full vectors kept beside the index (re-ranking)
     seed: int = 0
     progress: bool = True
+    filter_keys: dict | None = None  # metadata keys -> int | float | str, typed indexed columns in the doc store
+    trained_from: str | None = None  # reuse this trained.index (a datastore add: one quantizer for all shards)
 
 
 def build_index(source: ShardedSource, encoder, out: str | Path, model: str | None, factory: str = "Flat",
                 batch_size: int = 64, precision: str = "auto", chunk_docs: int = 512,
                 train_sample: int | None = None, overwrite: bool = False, progress: bool = True,
-                seed: int = 0, keep_vectors: str = "none") -> dict:
+                seed: int = 0, keep_vectors: str = "none", filter_keys: dict | None = None,
+                trained_from: str | Path | None = None) -> dict:
     """Build (or resume with identical settings) the index of ``source`` in ``out``; returns the manifest.
 
     ``encoder`` encodes the rows' text; it may be ``None`` when the source carries vectors (an import),
     and ``model`` then names the encoder to record (or ``None``: the index serves vector queries only).
     """
-    settings = BuildSettings(factory, batch_size, precision, chunk_docs, train_sample, keep_vectors, seed, progress)
+    settings = BuildSettings(factory, batch_size, precision, chunk_docs, train_sample, keep_vectors, seed, progress,
+                             filter_keys or {}, str(trained_from) if trained_from else None)
     return Builder(source, encoder, Path(out), model, settings).run(overwrite)
 
 
@@ -259,11 +267,16 @@ class Builder:
             shutil.rmtree(out)
         if (out / mf.MANIFEST).is_file():
             old = mf.read_manifest(out)
+            if old.get("generation", 0) > 0:
+                raise DretrieverError(f"{out}: this datastore has been changed since its build (generation "
+                                      f"{old['generation']}); change it with `dretriever datastore add/delete`, "
+                                      "or pass --overwrite to rebuild it")
             for key, mine, theirs in (("encoder", self.info, old["encoder"]),
                                       ("faiss factory", self.s.factory, old["faiss"]["factory"]),
                                       ("source", self.source.description, old["source"]),
                                       ("num_shards", self.source.num_shards, old["num_shards"]),
-                                      ("keep_vectors", self.s.keep_vectors, old.get("keep_vectors", "none"))):
+                                      ("keep_vectors", self.s.keep_vectors, old.get("keep_vectors", "none")),
+                                      ("filter_keys", self.s.filter_keys or {}, old.get("filter_keys") or {})):
                 if mine != theirs:
                     raise DretrieverError(
                         f"{out}: an index built with a different {key} is here ({theirs!r} vs {mine!r}); "
@@ -278,7 +291,10 @@ class Builder:
             raise DretrieverError(f"{out}: folder exists, is not empty and holds no manifest.json")
         out.mkdir(parents=True, exist_ok=True)
         manifest = mf.new_manifest(self.info, self.s.factory, self.source.num_shards, self.source.description)
-        manifest.update(dim=self.dim, keep_vectors=self.s.keep_vectors)
+        manifest.update(dim=self.dim, keep_vectors=self.s.keep_vectors, filter_keys=self.s.filter_keys or {})
+        if self.s.trained_from:  # an add to a datastore: its quantizer, not a new one
+            shutil.copyfile(self.s.trained_from, out / TRAINED)
+            manifest["faiss"].update(trained_index=TRAINED, train_sample=None)
         mf.write_manifest(out, manifest)
 
     def _recheck_done_shards(self, manifest: dict) -> None:
@@ -467,6 +483,7 @@ class Builder:
             store = DocStore(part / DOCSTORE)
             write_docids(part, (docid for docid, _ in store.rows()))
             store.close()
+            finalize_docstore(part / DOCSTORE, self.s.filter_keys)
             files = list(mf.SHARD_FILES)
             if self.s.keep_vectors != "none":
                 kept = vf.filename(self.s.keep_vectors)

@@ -7,7 +7,10 @@ split into passages (``index/chunking.py``) and handed to the foundation's shard
 passage in its shard's doc store), nothing is held in memory beyond a batch of passages, and a repeated
 document id always lands in the shard that reports it (with the ``file:line`` of both copies).
 Optionally a Lucene BM25 index of the same passages, read back from the doc stores, is built in
-``OUTPUT/bm25`` for the BM25 and hybrid modes of the Retriever.
+``OUTPUT/bm25`` for the BM25 and hybrid modes of the Retriever. Metadata keys named by ``--filter_keys``
+become typed, indexed doc-store columns that searches can filter on (``index/filters.py``); a value of the
+wrong type is refused at its ``file:line``. A built datastore changes through ``index/changes.py``
+(``dretriever datastore add / delete / compact``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 
 from ..data.beir import Document
@@ -28,6 +30,7 @@ from .build import ShardedSource, build_index, iter_batches
 from .chunking import ChunkConfig, Chunker, parent_id, passage_id
 from .docstore import FILENAME as DOCSTORE
 from .docstore import DocStore
+from .filters import check_value, parse_filter_keys
 
 log = logging.getLogger(__name__)
 BM25_DIR = "bm25"
@@ -54,6 +57,8 @@ class DatastoreArgs:
     keep_vectors: str = field(default="none", metadata={"help": "none | float16 | float32: keep full vectors "
                                                                  "beside each shard for exact re-ranking"})
     bm25: bool = field(default=False, metadata={"help": "also build a Lucene BM25 index of the passages"})
+    filter_keys: str = field(default="", metadata={"help": "metadata keys to filter on, with types: "
+                                                           "year:int,score:float,source (str when untyped)"})
     overwrite: bool = False
     progress: bool = True
 
@@ -67,6 +72,11 @@ class DatastoreArgs:
         if self.shards < 1:
             raise DretrieverError(f"shards: must be at least 1, got {self.shards}")
         self.chunk_config  # validates the chunking fields
+        self.filter_key_types  # validates the filter keys
+
+    @property
+    def filter_key_types(self) -> dict[str, str]:
+        return parse_filter_keys(self.filter_keys)
 
     @property
     def chunk_config(self) -> ChunkConfig:
@@ -81,8 +91,20 @@ def shard_of(doc_id: str, num_shards: int) -> int:
     return zlib.crc32(doc_id.encode("utf-8")) % num_shards
 
 
+def check_metadata(rec, keys: dict[str, str]) -> None:
+    """A declared filter key's value must have its type (a missing key is allowed: it matches no filter)."""
+    for key, kind in keys.items():
+        if rec.metadata.get(key) is not None:
+            path, _, line = rec.where.rpartition(":")
+            try:
+                check_value(key, kind, rec.metadata[key], f"metadata {key!r}")
+            except DretrieverError as e:
+                raise DataError(path, str(e), int(line) if line.isdigit() else None) from None
+
+
 def passage_source(args: DatastoreArgs, chunker: Chunker) -> ShardedSource:
     """The passages of every source, split into ``args.shards`` shards by document id, read in one pass."""
+    keys = args.filter_key_types
     description = {
         "sources": [describe(s, args.format) for s in args.sources],
         "fields": {"id": args.id_field, "text": args.text_field, "title": args.title_field},
@@ -95,6 +117,7 @@ def passage_source(args: DatastoreArgs, chunker: Chunker) -> ShardedSource:
             empty = True
             for rec in read_records(src, args.format, args.fields):
                 empty = False
+                check_metadata(rec, keys)
                 shard = shard_of(rec.id, args.shards)
                 with stage("chunk"):
                     pieces = chunker.split(rec.text)
@@ -115,8 +138,9 @@ def passage_source(args: DatastoreArgs, chunker: Chunker) -> ShardedSource:
     return ShardedSource(args.shards, lambda: iter_batches(rows()), description, locate=locate)
 
 
-def build_datastore(args: DatastoreArgs, encoder: BiEncoder | None = None) -> dict:
-    """Build (or resume) the datastore described by ``args``; returns its manifest."""
+def build_datastore(args: DatastoreArgs, encoder: BiEncoder | None = None, trained_from: Path | None = None) -> dict:
+    """Build (or resume) the datastore described by ``args``; returns its manifest. ``trained_from``: an IVF
+    quantizer to reuse instead of training one (the new shards of an add)."""
     if encoder is None:
         with stage("load"):
             encoder = BiEncoder.from_pretrained(args.model)
@@ -124,14 +148,36 @@ def build_datastore(args: DatastoreArgs, encoder: BiEncoder | None = None) -> di
     manifest = build_index(source, encoder, args.output, model=args.model, factory=args.factory,
                            batch_size=args.batch_size, precision=args.precision, chunk_docs=args.chunk_docs,
                            train_sample=args.train_sample, overwrite=args.overwrite, progress=args.progress,
-                           keep_vectors=args.keep_vectors)
+                           keep_vectors=args.keep_vectors, filter_keys=args.filter_key_types,
+                           trained_from=trained_from)
     if args.bm25:
-        total = sum(s["num_docs"] for s in manifest["shards"])
-        log.info("indexing %d passages with Lucene (BM25), read from the doc stores", total)
         root = Path(args.output)
-        stores = [DocStore(root / e["dir"] / DOCSTORE) for e in manifest["shards"]]
-        build_bm25_index(chain.from_iterable(store.rows() for store in stores), root / BM25_DIR,
-                         stamp={"num_docs": total, "source": manifest["source"]})
-        for store in stores:
-            store.close()
+        build_bm25_from_shards(root, manifest, BM25_DIR)
+        from . import manifest as mf
+
+        manifest = mf.update_manifest(root, lambda m: m.update(bm25=BM25_DIR))
     return manifest
+
+
+def live_rows(root: Path, manifest: dict):
+    """``(passage id, Document)`` of every live row, shard by shard in position order (deleted rows skipped)."""
+    from .tombstones import read_tombstones
+
+    for entry in manifest["shards"]:
+        deleted = set(read_tombstones(root / entry["dir"], entry.get("deleted")).tolist())
+        store = DocStore(root / entry["dir"] / DOCSTORE)
+        try:
+            for pos, row in enumerate(store.rows()):
+                if pos not in deleted:
+                    yield row
+        finally:
+            store.close()
+
+
+def build_bm25_from_shards(root: Path, manifest: dict, name: str) -> Path:
+    """The Lucene index of the live passages in ``root/name`` (statistics of the whole live corpus)."""
+    total = sum(e["num_docs"] - (e.get("deleted") or {}).get("count", 0) for e in manifest["shards"])
+    log.info("indexing %d passages with Lucene (BM25), read from the doc stores", total)
+    return build_bm25_index(live_rows(root, manifest), root / name,
+                            stamp={"num_docs": total, "source": manifest["source"],
+                                   "generation": manifest.get("generation", 0)})

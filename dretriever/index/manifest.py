@@ -92,6 +92,13 @@ def shard_problem(root: Path, entry: dict, full: bool = False) -> str | None:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['bytes'][name]}"
         if full and sha256_file(path) != entry["sha256"][name]:
             return f"{name} does not match its sha256 in the manifest"
+    stones = entry.get("deleted")  # a living datastore's tombstones for this generation
+    if stones:
+        path = shard_dir / stones["file"]
+        if not path.is_file():
+            return f"{stones['file']} is missing"
+        if full and sha256_file(path) != stones["sha256"]:
+            return f"{stones['file']} does not match its sha256 in the manifest"
     return None
 
 

@@ -21,7 +21,7 @@ from . import manifest as mf
 from .atomic import fsync_dir, sha256_file
 from .docids import DocIds, write_docids
 from .docstore import FILENAME as DOCSTORE
-from .docstore import SCHEMA
+from .docstore import SCHEMA, finalize_docstore
 
 
 def _mergeable(index: faiss.Index) -> faiss.Index:
@@ -44,6 +44,9 @@ def merge_index(root: str | Path, out: str | Path, overwrite: bool = False) -> d
     for entry in manifest["shards"]:
         if problem := mf.shard_problem(root, entry):
             raise DretrieverError(f"{root / entry['dir']}: {problem}")
+        if entry.get("deleted"):  # merging would bring deleted rows back
+            raise DretrieverError(f"{root / entry['dir']}: has deleted rows; run `dretriever datastore compact "
+                                  f"--datastore {root}` first")
     if out.exists():
         if not overwrite:
             raise DretrieverError(f"{out}: exists; pass --overwrite to replace it")
@@ -80,6 +83,7 @@ def merge_index(root: str | Path, out: str | Path, overwrite: bool = False) -> d
                     shutil.copyfileobj(f, vec_out, 1 << 22)
             offset += count
     con.close()
+    finalize_docstore(shard / DOCSTORE, manifest.get("filter_keys") or {})
     if inner is not merged:  # a pre-transform (OPQ) or IVF wrapper keeps its own count
         merged.ntotal = inner.ntotal
     faiss.write_index(merged, str(shard / "index"))
@@ -90,7 +94,8 @@ def merge_index(root: str | Path, out: str | Path, overwrite: bool = False) -> d
     fsync_dir(shard)
     new = mf.new_manifest(manifest["encoder"], manifest["faiss"]["factory"], 1,
                           {"merged_from": str(root.resolve()), "source": manifest["source"]})
-    new.update(dim=manifest["dim"], keep_vectors=manifest.get("keep_vectors", "none"), complete=True)
+    new.update(dim=manifest["dim"], keep_vectors=manifest.get("keep_vectors", "none"), complete=True,
+               filter_keys=manifest.get("filter_keys") or {})
     new["faiss"].update({k: v for k, v in manifest["faiss"].items() if k != "factory"})
     new["shards"][0].update(state="done", num_docs=offset, encoded=offset, vectors=kept,
                             sha256={f: sha256_file(shard / f) for f in files},

@@ -9,6 +9,17 @@ Shards are searched in parallel by a thread pool (faiss releases the GIL; each w
 OpenMP thread). IVF shards that share the index's trained quantizer are searched with one coarse
 assignment for all of them (``search_preassigned``), so the quantizer runs once, not once per shard.
 With ``rerank=R`` the approximate top-R candidates are re-scored exactly from the full vectors kept on disk.
+
+A living datastore (``index/changes.py``) adds tombstones (deleted positions per shard) and metadata filters
+(``index/filters.py``). Both restrict the search *inside* faiss: each shard gets an ``IDSelectorBitmap`` of its
+allowed positions (live, and matching the filter), passed in the search parameters (also to the shared coarse
+assignment's ``search_preassigned`` and before re-ranking), so k hits come back whenever k allowed rows exist;
+nothing is dropped afterwards. A planner chooses per search: when a filter leaves at most ``exact_limit`` rows
+and their full vectors are kept beside an approximate index, those rows alone are scored exactly (exact and
+fast at low selectivity; a Flat index with the selector is already exact and computes only the allowed rows); otherwise the approximate index searches with the selector, and any query that
+still got fewer than ``min(k, allowed)`` hits (an IVF probe holding too few allowed rows) is searched again
+exhaustively. Opening also opens every doc store and kept-vector file, so a reader keeps its generation's files
+however a later change garbage-collects them (Linux keeps unlinked open files).
 """
 
 from __future__ import annotations
@@ -27,7 +38,11 @@ from . import manifest as mf
 from .docids import DocIds
 from .docstore import FILENAME as DOCSTORE
 from .docstore import DocStore
+from .filters import Filter, compile_filter, parse_filter
+from .tombstones import Allowed, read_tombstones
 from .vectors import open_vectors
+
+EXACT_LIMIT = 50_000  # a filter matching at most this many rows is scored exactly (when vectors can be read)
 
 
 @dataclass
@@ -37,8 +52,33 @@ class Shard:
     ids: DocIds | None = None
     vectors_file: str | None = None
     dim: int = 0
+    deleted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     _store: DocStore | None = field(default=None, repr=False)
     _vectors: np.ndarray | None = field(default=None, repr=False)
+    _live: Allowed | None = field(default=None, repr=False)
+
+    @property
+    def live(self) -> Allowed | None:
+        """The live positions' selector (``None`` when nothing is deleted)."""
+        if self._live is None and len(self.deleted):
+            mask = np.ones(self.index.ntotal, dtype=bool)
+            mask[self.deleted] = False
+            self._live = Allowed(mask)
+        return self._live
+
+    @property
+    def live_count(self) -> int:
+        return self.index.ntotal - len(self.deleted)
+
+    def scannable(self) -> bool:
+        """Whether exact scores of chosen rows can be computed (kept vectors, or a Flat index)."""
+        return bool(self.vectors_file) or isinstance(self.index, faiss.IndexFlat)
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """Full float32 vectors of ``positions`` (sorted): kept vectors, else reconstructed from a Flat index."""
+        if self.vectors_file:
+            return np.asarray(self.vectors[positions], dtype=np.float32)
+        return self.index.reconstruct_batch(positions)
 
     @property
     def docids(self) -> list[str]:
@@ -74,6 +114,14 @@ class ShardedIndex:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.rerank = 0
+        self.exact_limit = EXACT_LIMIT
+        self.search_params: dict = {}
+        self.last_plan = ""  # how the last search ran: exact | index | index+exhaustive (benchmarks print it)
+        self.filter_keys: dict[str, str] = manifest.get("filter_keys") or {}
+
+    @property
+    def generation(self) -> int:
+        return int(self.manifest.get("generation", 0))
 
     @classmethod
     def open(cls, root: str | Path, verify: bool = False, mmap: bool = True,
@@ -96,7 +144,11 @@ class ShardedIndex:
             index = faiss.read_index(str(d / "index"), flags)
             if index.ntotal != len(ids) or index.ntotal != entry["num_docs"]:
                 raise DretrieverError(f"{d}: index holds {index.ntotal} vectors but docid lists {len(ids)} ids")
-            shards.append(Shard(d, index, ids, entry.get("vectors"), dim))
+            shard = Shard(d, index, ids, entry.get("vectors"), dim, read_tombstones(d, entry.get("deleted")))
+            shard.store  # opened now: the snapshot's files stay readable after a later change removes them
+            if shard.vectors_file:
+                shard.vectors
+            shards.append(shard)
         return cls(root, manifest, shards, threads)
 
     @property
@@ -104,7 +156,8 @@ class ShardedIndex:
         return int(self.manifest["dim"])
 
     def __len__(self) -> int:
-        return sum(s.index.ntotal for s in self.shards)
+        """Live passages (deleted rows are not counted)."""
+        return sum(s.live_count for s in self.shards)
 
     def set_search_params(self, rerank: int | None = None, **params) -> None:
         """Set faiss parameters on every shard, e.g. ``nprobe=32`` (IVF) or ``efSearch=128`` (HNSW);
@@ -114,52 +167,143 @@ class ShardedIndex:
                 raise DretrieverError(f"{self.root}: rerank needs full vectors kept beside every shard "
                                       "(build with --keep_vectors float16 or float32)")
             self.rerank = int(rerank)
+        self.search_params.update(params)  # remembered, so that a reopened generation gets them too
         space = faiss.ParameterSpace()
         for shard in self.shards:
             for key, value in params.items():
                 space.set_index_parameter(shard.index, key, value)
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, k: int, rerank: int | None = None
+    def search(self, queries: np.ndarray, k: int, rerank: int | None = None, filter: dict | Filter | None = None
                ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
         """Top-``k`` over all shards for each query row.
 
         Returns ``scores`` of shape (n, k') and, per query, ``(shard, position)`` pairs, best first.
         Ties keep shard order then in-shard order, which is what a single index over the
-        concatenated shards returns.
+        concatenated shards returns. Deleted rows never come back; ``filter`` (``index/filters.py``)
+        restricts the search to matching rows.
         """
-        scores, shard_of, pos = self.search_arrays(queries, k, rerank)
+        scores, shard_of, pos = self.search_arrays(queries, k, rerank, filter)
         hits = [[(int(sh), int(i)) for sh, i in zip(rs, ri) if i >= 0] for rs, ri in zip(shard_of, pos)]
         return scores, hits
 
-    def search_arrays(self, queries: np.ndarray, k: int, rerank: int | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def parse_filter(self, spec: dict | Filter | None) -> Filter | None:
+        return spec if isinstance(spec, Filter) or spec is None else parse_filter(spec, self.filter_keys)
+
+    def allowed(self, flt: Filter | None) -> list[Allowed | None]:
+        """Per shard, the positions a search may return (``None``: every row)."""
+        if flt is None:
+            return [shard.live for shard in self.shards]
+        out = []
+        for shard in self.shards:
+            where, params = compile_filter(flt, shard.store.doc_id_expr)
+            mask = np.zeros(shard.index.ntotal, dtype=bool)
+            mask[shard.store.positions_where(where, params)] = True
+            mask[shard.deleted] = False
+            out.append(Allowed(mask))
+        return out
+
+    def search_arrays(self, queries: np.ndarray, k: int, rerank: int | None = None,
+                      filter: dict | Filter | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Like :meth:`search`, as arrays ``scores, shard, position`` of shape (n, k'); position -1 = no hit."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise DretrieverError(f"query vectors must have shape (n, {self.dim}), got {queries.shape}")
+        flt = self.parse_filter(filter)
         rerank = self.rerank if rerank is None else rerank
+        allowed = self.allowed(flt)
+        total = sum(s.index.ntotal if a is None else a.count for s, a in zip(self.shards, allowed))
+        if flt is not None and total <= self.exact_limit and self._scan_pays():
+            self.last_plan = "exact"
+            return self._exact(queries, k, allowed)
+        self.last_plan = "index"
         depth = max(k, rerank)
-        parts = self._per_shard(queries, depth)
+        parts = self._per_shard(queries, depth, allowed)
         scores, shard_of, pos = _merge(parts, depth)
+        if rerank:
+            scores, shard_of, pos = self._rerank(queries, scores, shard_of, pos, k)
+        scores, shard_of, pos = scores[:, :k], shard_of[:, :k], pos[:, :k]
+        short = np.flatnonzero((pos >= 0).sum(axis=1) < min(k, total))
+        if len(short):  # probed lists held too few allowed rows: search those queries exhaustively
+            self.last_plan = "index+exhaustive"
+            again = self._exhaustive(queries[short], k, allowed, rerank)
+            width = max(scores.shape[1], again[0].shape[1])
+            scores, shard_of, pos = (_pad(a, width, fill) for a, fill in
+                                     ((scores, -np.inf), (shard_of, 0), (pos, -1)))
+            for a, b in zip((scores, shard_of, pos), again):
+                a[short, :b.shape[1]] = b
+        return scores, shard_of, pos
+
+    def _scan_pays(self) -> bool:
+        """Exact scan of the matching rows: when their vectors can be read and the index is approximate (a Flat
+        index with a selector already computes only the allowed rows' scores, natively, and exactly)."""
+        return all(s.scannable() for s in self.shards) and not all(
+            isinstance(s.index, faiss.IndexFlat) for s in self.shards)
+
+    def _exhaustive(self, queries, k, allowed, rerank):
+        if all(s.scannable() for s in self.shards):
+            return self._exact(queries, k, allowed)
+        parts = self._per_shard(queries, max(k, rerank), allowed, nprobe="all")
+        scores, shard_of, pos = _merge(parts, max(k, rerank))
         if rerank:
             scores, shard_of, pos = self._rerank(queries, scores, shard_of, pos, k)
         return scores[:, :k], shard_of[:, :k], pos[:, :k]
 
-    def _per_shard(self, queries: np.ndarray, k: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        coarse = self._coarse(queries)
-        jobs = [s for s, shard in enumerate(self.shards) if shard.index.ntotal > 0]
+    def _exact(self, queries: np.ndarray, k: int, allowed: list[Allowed | None]):
+        """Score exactly every allowed row (from full vectors) and keep the top-``k``: exact filtered search."""
+        def one(s: int):
+            shard, a = self.shards[s], allowed[s]
+            positions = np.arange(shard.index.ntotal) if a is None else a.positions
+            if not len(positions):
+                return s, np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+            best_d, best_i = [], []
+            for start in range(0, len(positions), 65536):  # bounded memory on large allowed sets
+                block = positions[start:start + 65536]
+                d = queries @ shard.rows(block).T
+                kk = min(k, len(block))
+                if kk < len(block):  # the block's top-kk (argpartition; ties at the cut are left open, as in faiss)
+                    top = np.argpartition(-d, kk - 1, axis=1)[:, :kk]
+                    top.sort(axis=1)
+                else:
+                    top = np.broadcast_to(np.arange(len(block)), d.shape)
+                best_d.append(np.take_along_axis(d, top, axis=1))
+                best_i.append(block[top])
+            d, i = np.concatenate(best_d, axis=1), np.concatenate(best_i, axis=1)
+            top = np.argsort(-d, axis=1, kind="stable")[:, :k]
+            return s, np.take_along_axis(d, top, axis=1).astype(np.float32), np.take_along_axis(i, top, axis=1)
+
+        jobs = list(range(len(self.shards)))
+        parts = [one(s) for s in jobs] if self.threads == 1 else list(self._executor().map(one, jobs))
+        scores, shard_of, pos = _merge(parts, k)
+        return scores, shard_of, pos
+
+    def _per_shard(self, queries: np.ndarray, k: int, allowed: list[Allowed | None] | None = None,
+                   nprobe=None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        allowed = allowed or [None] * len(self.shards)
+        coarse = self._coarse(queries, nprobe)
+        jobs = [s for s, shard in enumerate(self.shards)
+                if shard.index.ntotal > 0 and (allowed[s] is None or allowed[s].count > 0)]
 
         def one(s: int):
-            index = self.shards[s].index
+            index, a = self.shards[s].index, allowed[s]
             kk = min(k, index.ntotal)
+            params = _params(index, a.selector if a is not None else None, nprobe)
             if coarse is not None:
                 xt, dq, iq = coarse
-                d, i = faiss.extract_index_ivf(index).search_preassigned(xt, kk, iq, dq)
+                ivf = faiss.extract_index_ivf(index)
+                if params is None:
+                    d, i = ivf.search_preassigned(xt, kk, iq, dq)
+                else:  # the Python wrapper refuses params; the C++ call takes them
+                    n = len(xt)
+                    d, i = np.empty((n, kk), np.float32), np.empty((n, kk), np.int64)
+                    ivf.search_preassigned_c(n, faiss.swig_ptr(xt), kk, faiss.swig_ptr(iq), faiss.swig_ptr(dq),
+                                             faiss.swig_ptr(d), faiss.swig_ptr(i), False, params[-1])
             else:
-                d, i = index.search(queries, kk)
+                d, i = index.search(queries, kk, params=params[0] if params else None)
             return s, d, i
 
+        if not jobs:
+            return [(0, np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))]
         if self.threads == 1 or len(jobs) == 1:
             return [one(s) for s in jobs]
         return list(self._executor().map(one, jobs))
@@ -171,7 +315,7 @@ class ShardedIndex:
                                                 initializer=_one_omp_thread)
             return self._pool
 
-    def _coarse(self, queries: np.ndarray):
+    def _coarse(self, queries: np.ndarray, nprobe=None):
         """One coarse assignment for every shard when they share the trained quantizer (IVF), else None."""
         if not self.manifest["faiss"].get("trained_index") or not self.shards:
             return None
@@ -184,8 +328,10 @@ class ShardedIndex:
         if isinstance(first, faiss.IndexPreTransform):
             for j in range(first.chain.size()):
                 xt = first.chain.at(j).apply(xt)
-        dq, iq = ivf.quantizer.search(np.ascontiguousarray(xt, dtype=np.float32), ivf.nprobe)
-        return xt, dq, iq
+        probes = ivf.nlist if nprobe == "all" else ivf.nprobe
+        xt = np.ascontiguousarray(xt, dtype=np.float32)
+        dq, iq = ivf.quantizer.search(xt, probes)
+        return xt, dq, np.ascontiguousarray(iq, dtype=np.int64)
 
     def _rerank(self, queries, scores, shard_of, pos, k):
         exact = np.full(scores.shape, -np.inf, dtype=np.float32)
@@ -210,12 +356,62 @@ class ShardedIndex:
     def texts(self, shard: int, docids: list[str]) -> dict[str, dict]:
         return self.shards[shard].store.get_many(docids)
 
+    def live_texts(self, docids: list[str]) -> dict[str, tuple[int, dict]]:
+        """``docid -> (shard, record)`` for the live row of each id found in any shard (for hits without a
+        shard, e.g. BM25's; a replaced passage's old, deleted row is skipped)."""
+        found: dict[str, tuple[int, dict]] = {}
+        missing = list(docids)
+        for s, shard in enumerate(self.shards):
+            if not missing:
+                break
+            for pid, rec in shard.store.get_many(missing, with_pos=True).items():
+                pos = rec.pop("pos")
+                at = int(np.searchsorted(shard.deleted, pos))
+                if at == len(shard.deleted) or shard.deleted[at] != pos:
+                    found[pid] = (s, rec)
+            missing = [pid for pid in missing if pid not in found]
+        return found
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
         for shard in self.shards:
             if shard._store is not None:
                 shard._store.close()
+
+
+def _params(index: faiss.Index, selector, nprobe=None):
+    """faiss search parameters carrying ``selector`` (with the index's own nprobe / efSearch), as a tuple whose
+    objects must stay referenced during the search; ``None`` when there is nothing to pass."""
+    if selector is None and nprobe is None:
+        return None
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        inner = faiss.SearchParametersIVF(nprobe=ivf.nlist if nprobe == "all" else ivf.nprobe,
+                                          max_codes=ivf.max_codes)
+        if selector is not None:
+            inner.sel = selector
+        if isinstance(index, faiss.IndexPreTransform):
+            return faiss.SearchParametersPreTransform(index_params=inner), inner
+        return inner, inner
+    if selector is None:
+        return None
+    if isinstance(index, faiss.IndexHNSW):
+        p = faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+    else:
+        p = faiss.SearchParameters(sel=selector)
+    return p, p
+
+
+def _pad(a: np.ndarray, width: int, fill) -> np.ndarray:
+    if a.shape[1] >= width:
+        return a.copy()
+    out = np.full((a.shape[0], width), fill, dtype=a.dtype)
+    out[:, :a.shape[1]] = a
+    return out
 
 
 def _merge(parts: list[tuple[int, np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,10 +8,9 @@ import numpy as np
 
 from ..encoder import BiEncoder
 from ..errors import DretrieverError
+from ..index.build import ENCODER_SETTINGS as SETTINGS
 from ..index.sharded import ShardedIndex
 from .types import Run
-
-SETTINGS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_max_length", "doc_max_length")
 
 
 def check_encoder(manifest: dict, encoder: BiEncoder, where: str | Path) -> None:

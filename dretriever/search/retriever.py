@@ -8,6 +8,10 @@ The query encoder is configured from the index's manifest (``search/dense.py``).
   interpolation (``interpolation``, ``alpha`` weighs the dense run).
 
 Calls are serialised by a lock, so one Retriever can serve concurrent threads (the HTTP server).
+
+A Retriever serves one generation of a living datastore (``retriever.generation``); ``reopen()`` returns a
+Retriever of the datastore's current generation that shares the loaded query encoder (the server's hot
+reload). ``filter=`` (dense mode) restricts hits to passages whose metadata match (``index/filters.py``).
 """
 
 from __future__ import annotations
@@ -68,16 +72,36 @@ class Retriever:
     def load(cls, root: str | Path, mode: str = "dense", model: str | None = None, fusion: str = "rrf",
              alpha: float = 0.5, fusion_depth: int = 100, verify: bool = False, batch_size: int = 128,
              precision: str = "auto", backend: str | None = None,
-             max_tokens: int | str | None = "auto") -> "Retriever":
-        """Open the index at ``root`` (and its ``bm25/`` Lucene index when present). Queries are encoded with
-        the index's backend (``backend`` overrides it) in batches of at most ``batch_size`` queries and
-        ``max_tokens`` padded tokens."""
+             max_tokens: int | str | None = "auto", encoder=None) -> "Retriever":
+        """Open the index at ``root`` (and its Lucene index, ``bm25/`` or the generation's, when present).
+        Queries are encoded with the index's backend (``backend`` overrides it; ``encoder``: an already loaded
+        one) in batches of at most ``batch_size`` queries and ``max_tokens`` padded tokens."""
         root = Path(root)
         index = ShardedIndex.open(root, verify=verify)
-        encoder = encoder_for_index(index.manifest, root, model, backend)
+        if encoder is None:
+            encoder = encoder_for_index(index.manifest, root, model, backend)
         dense = DenseSearcher(index, encoder, batch_size=batch_size, precision=precision, max_tokens=max_tokens)
-        bm25 = BM25Searcher(root / BM25_DIR) if (root / BM25_DIR).is_dir() else None
+        lucene = root / (index.manifest.get("bm25") or BM25_DIR)
+        bm25 = BM25Searcher(lucene) if lucene.is_dir() else None
         return cls(dense, bm25, mode, fusion, alpha, fusion_depth)
+
+    def reopen(self) -> "Retriever":
+        """This datastore's current generation, with the same settings and the already loaded query encoder."""
+        new = Retriever.load(self.index.root, self.mode,
+                             fusion=self.fusion, alpha=self.alpha, fusion_depth=self.fusion_depth,
+                             batch_size=self.dense.batch_size, precision=self.dense.precision,
+                             max_tokens=self.dense.max_tokens, encoder=self.dense.encoder)
+        new.index.set_search_params(rerank=self.index.rerank or None, **self.index.search_params)
+        new.index.exact_limit = self.index.exact_limit
+        return new
+
+    @property
+    def generation(self) -> int:
+        return self.index.generation
+
+    @property
+    def filter_keys(self) -> dict[str, str]:
+        return self.index.filter_keys
 
     @property
     def index(self) -> ShardedIndex:
@@ -95,17 +119,26 @@ class Retriever:
             raise DretrieverError(f"mode: {mode!r} needs a BM25 index ({BM25_DIR}/; build the datastore with --bm25)")
         return mode
 
-    def search(self, query: str, k: int = 10, mode: str | None = None, with_text: bool = True) -> list[Hit]:
-        return self.batch_search([query], k, mode, with_text)[0]
+    def search(self, query: str, k: int = 10, mode: str | None = None, with_text: bool = True,
+               filter: dict | None = None) -> list[Hit]:
+        return self.batch_search([query], k, mode, with_text, filter)[0]
 
     def batch_search(self, queries: list[str], k: int = 10, mode: str | None = None,
-                     with_text: bool = True) -> list[list[Hit]]:
-        """Top-``k`` hits per query, best first; ``with_text=False`` skips the doc-store lookup."""
+                     with_text: bool = True, filter: dict | None = None) -> list[list[Hit]]:
+        """Top-``k`` hits per query, best first; ``with_text=False`` skips the doc-store lookup.
+
+        ``filter`` (dense mode): e.g. ``{"year": {"gte": 2015}, "source": {"in": ["pubmed", "pmc"]}}``; the
+        hits are the true top-``k`` among the matching passages (exact with Flat).
+        """
         check_queries(queries, k)
         mode = self._check_mode(mode)
+        flt = self.index.parse_filter(filter)  # validated before any work: filter.KEY names the fault
+        if flt is not None and mode != "dense":
+            raise DretrieverError(f"filter: supported in dense mode only (Lucene holds no metadata columns), "
+                                  f"not {mode!r}")
         with self._lock:
             if mode == "dense":
-                rows = self._dense(queries, k)
+                rows = self._dense(queries, k, flt)
             elif mode == "bm25":
                 rows = [[(pid, s, None) for pid, s in hits] for hits in self._run(self.bm25, queries, k)]
             else:
@@ -128,8 +161,8 @@ class Retriever:
         return out
 
     # ------------------------------------------------------------------ internals
-    def _dense(self, queries: list[str], k: int) -> list[list[tuple[str, float, int]]]:
-        scores, hits = self.index.search(self.dense.encode(queries), k)
+    def _dense(self, queries: list[str], k: int, flt=None) -> list[list[tuple[str, float, int]]]:
+        scores, hits = self.index.search(self.dense.encode(queries), k, filter=flt)
         return [[(self.index.docid(sh, pos), float(s), sh) for (sh, pos), s in zip(row, srow)]
                 for row, srow in zip(hits, scores)]
 
@@ -159,13 +192,9 @@ class Retriever:
                 by_shard.setdefault(sh, []).append(pid)
         for sh, pids in by_shard.items():
             found.update((pid, (sh, rec)) for pid, rec in self.index.texts(sh, pids).items())
-        missing = [pid for pid, _, _ in row if pid not in found]  # BM25-only hits: ask every shard's store
-        for sh in range(len(self.index.shards)):
-            if not missing:
-                break
-            got = self.index.texts(sh, missing)
-            found.update((pid, (sh, rec)) for pid, rec in got.items())
-            missing = [pid for pid in missing if pid not in got]
+        missing = [pid for pid, _, _ in row if pid not in found]  # BM25-only hits: the live row in any shard
+        if missing:
+            found.update(self.index.live_texts(missing))
         hits = []
         for pid, score, _ in row:
             sh, rec = found.get(pid, (None, {"title": "", "text": "", "metadata": {}}))

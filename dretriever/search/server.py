@@ -5,14 +5,24 @@ and the mode (there is no field naming a path or another index; unknown fields a
 requests get a 4xx whose message names the field: 422 for wrong types or values, 413 for a body over
 ``max_body_bytes``, and 401 for any request without the API key when one is configured
 (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``).
+
+Living datastores: ``filter`` (dense mode) restricts hits by metadata (``index/filters.py``; an unknown key or a
+wrong value type is a 422 naming ``filter.KEY``). ``POST /admin/reload`` (only when an API key is configured)
+opens the datastore's current generation and swaps it in atomically: a request holds the Retriever it started
+with, so requests in flight finish on the old generation. Every answer names the generation it was served
+from (``generation`` in the body, ``X-Dretriever-Generation`` header).
+
+Micro-batching (``search/batcher.py``, on by default): concurrent ``/search`` requests with the same options
+are answered by one ``batch_search`` call, one encoder forward and one search per shard, all on one generation.
 """
 
 
+import asyncio
 import hmac
 import json
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -24,6 +34,7 @@ from .batcher import MicroBatcher
 from .retriever import Retriever
 
 API_KEY_ENV = "DRETRIEVER_API_KEY"
+GENERATION_HEADER = "X-Dretriever-Generation"
 
 
 class HitOut(BaseModel):
@@ -38,10 +49,18 @@ class HitOut(BaseModel):
 
 class SearchOut(BaseModel):
     hits: list[HitOut]
+    generation: int
 
 
 class BatchSearchOut(BaseModel):
     results: list[list[HitOut]]
+    generation: int
+
+
+class ReloadOut(BaseModel):
+    generation: int
+    previous: int
+    passages: int
 
 
 class Health(BaseModel):
@@ -52,6 +71,7 @@ class Health(BaseModel):
     model: str
     max_k: int
     max_batch: int
+    generation: int
 
 
 class ErrorOut(BaseModel):
@@ -73,22 +93,42 @@ def _nonblank(value: str) -> str:
     return value
 
 
-def request_models(max_k: int, max_batch: int, max_query_chars: int):
+FILTER_HELP = ('metadata filter (dense mode), keys AND-ed: {"source": "pubmed", "year": {"gte": 2015, "lt": 2020}, '
+               '"lang": {"in": ["en", "de"]}, "doc_id": {"prefix": "PMC"}}')
+
+
+def request_models(max_k: int, max_batch: int, max_query_chars: int, filter_keys: dict[str, str] | None = None):
     """Request bodies with the server's limits built into their schema (they show in /openapi.json)."""
+    from ..index.filters import parse_filter
+
+    keys = filter_keys or {}
+    help_text = FILTER_HELP + f"; declared keys: {', '.join(['doc_id', *keys])}"
+
+    def check_filter(cls, value):
+        try:
+            parse_filter(value, keys)
+        except DretrieverError as e:
+            raise ValueError(str(e)) from None
+        return value
 
     class SearchIn(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
         query: str = Field(min_length=1, max_length=max_query_chars)
         k: int = Field(default=10, ge=1, le=max_k)
         mode: Literal["dense", "bm25", "hybrid"] | None = None
+        filter: dict[str, Any] | None = Field(default=None, description=help_text)
 
         _check_query = field_validator("query")(_nonblank)
+        _check_filter = field_validator("filter")(classmethod(check_filter))
 
     class BatchSearchIn(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
         queries: list[str] = Field(min_length=1, max_length=max_batch)
         k: int = Field(default=10, ge=1, le=max_k)
         mode: Literal["dense", "bm25", "hybrid"] | None = None
+        filter: dict[str, Any] | None = Field(default=None, description=help_text)
+
+        _check_filter = field_validator("filter")(classmethod(check_filter))
 
         @field_validator("queries")
         @classmethod
@@ -160,10 +200,19 @@ class Guard:
 def create_app(retriever: Retriever, name: str = "index", api_key: str | None = None, max_k: int = 1000,
                max_batch: int = 64, max_query_chars: int = 2000, max_body_bytes: int = 1 << 20,
                micro_batch: int = 32, micro_batch_wait_ms: float = 2.0):
-    """The ASGI app (FastAPI wrapped in :class:`Guard`) serving ``retriever``; concurrent ``/search`` requests
-    are gathered into batches of up to ``micro_batch`` (waiting at most ``micro_batch_wait_ms``; 0 or 1: off)."""
-    SearchIn, BatchSearchIn = request_models(max_k, max_batch, max_query_chars)
-    batcher = MicroBatcher(retriever.batch_search, micro_batch, micro_batch_wait_ms) if micro_batch > 1 else None
+    """The ASGI app (FastAPI wrapped in :class:`Guard`) serving ``retriever`` (swapped by ``/admin/reload``);
+    concurrent ``/search`` requests are gathered into batches of up to ``micro_batch`` (waiting at most
+    ``micro_batch_wait_ms``; 0 or 1: off), each batch answered by one generation."""
+    SearchIn, BatchSearchIn = request_models(max_k, max_batch, max_query_chars, retriever.filter_keys)
+    state = {"retriever": retriever}  # one reference, replaced whole by a reload
+    reloading = asyncio.Lock()
+
+    def batched(queries: list[str], k: int, mode: str | None, filter: str | None):
+        r = state["retriever"]  # the whole batch is served by one generation
+        rows = r.batch_search(queries, k, mode, True, json.loads(filter) if filter else None)
+        return [(row, r.generation) for row in rows]
+
+    batcher = MicroBatcher(batched, micro_batch, micro_batch_wait_ms) if micro_batch > 1 else None
     app = FastAPI(title="dretriever", version="1", description=f"Dense/BM25/hybrid retrieval over `{name}`.")
     app.state.batcher = batcher
 
@@ -189,22 +238,47 @@ def create_app(retriever: Retriever, name: str = "index", api_key: str | None = 
         return _error(400, str(exc), field)
 
     @app.get("/health", response_model=Health, responses={401: ERRORS[401]})
-    def health() -> Health:
-        index = retriever.index
-        return Health(status="ok", passages=len(index), shards=len(index.shards), modes=retriever.modes,
-                      model=str(index.manifest["encoder"]["model"]), max_k=max_k, max_batch=max_batch)
+    def health(response: Response) -> Health:
+        r = state["retriever"]
+        index = r.index
+        response.headers[GENERATION_HEADER] = str(r.generation)
+        return Health(status="ok", passages=len(index), shards=len(index.shards), modes=r.modes,
+                      model=str(index.manifest["encoder"]["model"]), max_k=max_k, max_batch=max_batch,
+                      generation=r.generation)
 
     @app.post("/search", response_model=SearchOut, responses=ERRORS)
-    async def search(body: SearchIn) -> SearchOut:
+    async def search(body: SearchIn, response: Response) -> SearchOut:
         if batcher is not None:
-            hits = await batcher(body.query, k=body.k, mode=body.mode)
+            key = json.dumps(body.filter, sort_keys=True) if body.filter is not None else None  # hashable
+            hits, generation = await batcher(body.query, k=body.k, mode=body.mode, filter=key)
         else:
-            hits = await run_in_threadpool(retriever.search, body.query, body.k, body.mode)
-        return SearchOut(hits=[HitOut(**h.to_dict()) for h in hits])
+            r = state["retriever"]  # this request's generation, whatever a reload does meanwhile
+            hits = await run_in_threadpool(r.search, body.query, body.k, body.mode, True, body.filter)
+            generation = r.generation
+        response.headers[GENERATION_HEADER] = str(generation)
+        return SearchOut(hits=[HitOut(**h.to_dict()) for h in hits], generation=generation)
 
     @app.post("/batch_search", response_model=BatchSearchOut, responses=ERRORS)
-    async def batch_search(body: BatchSearchIn) -> BatchSearchOut:
-        rows = await run_in_threadpool(retriever.batch_search, body.queries, body.k, body.mode)
-        return BatchSearchOut(results=[[HitOut(**h.to_dict()) for h in row] for row in rows])
+    async def batch_search(body: BatchSearchIn, response: Response) -> BatchSearchOut:
+        r = state["retriever"]
+        rows = await run_in_threadpool(r.batch_search, body.queries, body.k, body.mode, True, body.filter)
+        response.headers[GENERATION_HEADER] = str(r.generation)
+        return BatchSearchOut(results=[[HitOut(**h.to_dict()) for h in row] for row in rows],
+                              generation=r.generation)
+
+    @app.post("/admin/reload", response_model=ReloadOut,
+              responses={401: ERRORS[401], 403: {"model": ErrorOut, "description": "the server has no API key, "
+                                                 "so reloading is off"}})
+    async def reload(response: Response) -> ReloadOut:
+        """Open the datastore's current generation and swap it in; requests in flight finish on the old one."""
+        if api_key is None:
+            return _error(403, "admin/reload: only available when the server has an API key "
+                               f"({API_KEY_ENV})", "authorization")
+        async with reloading:
+            old = state["retriever"]
+            new = await run_in_threadpool(old.reopen)
+            state["retriever"] = new
+        response.headers[GENERATION_HEADER] = str(new.generation)
+        return ReloadOut(generation=new.generation, previous=old.generation, passages=len(new.index))
 
     return Guard(app, api_key, max_body_bytes)

@@ -1,0 +1,3 @@
+"""``dretriever datastore delete``: see ``commands/datastore_change.py``."""
+
+from .datastore_change import delete as main  # noqa: F401
