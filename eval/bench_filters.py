@@ -22,17 +22,22 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dretriever.cli import parse, run_script
-from dretriever.data.beir import Document
-from dretriever.index.atomic import write_json_atomic, write_text_atomic
-from dretriever.index.build import Batch, ShardedSource, build_index
-from dretriever.index.sharded import ShardedIndex
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make ``eval`` importable
+    sys.path.insert(0, str(REPO))
+
+from dretriever.cli import parse, run_script  # noqa: E402
+from dretriever.data.beir import Document  # noqa: E402
+from dretriever.index.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from dretriever.index.build import Batch, ShardedSource, build_index  # noqa: E402
+from dretriever.index.sharded import ShardedIndex  # noqa: E402
 
 FILTERS = {
     "1%": {"cat": 7},

@@ -52,7 +52,7 @@ def scifact_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def scifact_small(scifact_dir, tmp_path_factory) -> Path:
-    """A 400-document SciFact slice that keeps every test query judged on it (fast end-to-end tests)."""
+    """A SciFact slice of about 400 documents (397) that keeps every test query judged on it (fast end-to-end tests)."""
     out = tmp_path_factory.mktemp("scifact_small")
     (out / "qrels").mkdir()
     qrels = [line.rstrip("\n").split("\t") for line in (scifact_dir / "qrels" / "test.tsv").open()][1:]
