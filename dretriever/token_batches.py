@@ -18,6 +18,8 @@ from itertools import chain
 import numpy as np
 import torch
 
+from .errors import DretrieverError
+
 
 class TokenRows:
     """Unpadded token rows (the ``padding=False`` output of a tokenizer) as flat arrays."""
@@ -55,6 +57,18 @@ class TokenRows:
         if self.with_mask:
             out["attention_mask"] = torch.from_numpy(mask.astype(np.int64))
         return out
+
+
+def parse_max_tokens(value: str | int | None) -> int | str | None:
+    """A command line's ``--max_tokens``: ``auto`` (the encoder's default), ``none`` (fixed batches) or N."""
+    if value is None or isinstance(value, int):
+        return value
+    word = value.strip().lower()
+    if word in ("auto", "none"):
+        return None if word == "none" else word
+    if word.isdigit() and int(word) > 0:
+        return int(word)
+    raise DretrieverError(f"max_tokens: expected auto, none or a positive integer, got {value!r}")
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None) -> list[np.ndarray]:

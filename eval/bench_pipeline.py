@@ -55,6 +55,8 @@ class PipelineArgs:
     words: int = field(default=64, metadata={"help": "words per generated document"})
     chunk_size: int = field(default=32, metadata={"help": "words per passage (no overlap)"})
     batch_size: int = 256
+    max_tokens: int = field(default=16384, metadata={"help": "padded tokens per encoding batch (bounds a batch's "
+                                                             "memory whatever the passage lengths)"})
     chunk_docs: int = 4096
     threads: int = 2
     workdir: str = "indexes/pipeline"
@@ -70,7 +72,8 @@ class PipelineArgs:
 def build_args(args: PipelineArgs, source: str, output: str) -> list[str]:
     return ["--sources", source, "--output", output, "--model", args.model, "--shards", str(args.shards),
             "--factory", "Flat", "--chunking", "words", "--chunk_size", str(args.chunk_size), "--chunk_overlap", "0",
-            "--batch_size", str(args.batch_size), "--chunk_docs", str(args.chunk_docs), "--precision", "fp32",
+            "--batch_size", str(args.batch_size), "--max_tokens", str(args.max_tokens), "--chunk_docs",
+            str(args.chunk_docs), "--precision", "fp32",
             "--progress", "false"]
 
 
@@ -116,7 +119,8 @@ def deciles(trace: list[tuple[float, int, str | None]]) -> list[dict]:
 def run_build(args: PipelineArgs, source: Path, output: Path) -> dict:
     cmd = [sys.executable, __file__, "--phase", "build", "--source", str(source), "--output", str(output),
            "--model", args.model, "--shards", str(args.shards), "--chunk_size", str(args.chunk_size),
-           "--batch_size", str(args.batch_size), "--chunk_docs", str(args.chunk_docs), "--threads", str(args.threads)]
+           "--batch_size", str(args.batch_size), "--max_tokens", str(args.max_tokens), "--chunk_docs", str(args.chunk_docs),
+           "--threads", str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"build of {source} failed:\n{done.stderr[-3000:]}")
@@ -188,7 +192,8 @@ def markdown(result: dict) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores ({' '.join(m['simd'])}); torch threads "
              f"{result['args']['threads']}. Tiny random BERT (32 wide, 2 layers), {result['args']['words']}-word "
              f"documents chunked into {result['args']['chunk_size']}-word passages, {result['args']['shards']} Flat "
-             f"shards, chunk_docs {result['args']['chunk_docs']}.", "",
+             f"shards, chunk_docs {result['args']['chunk_docs']}, batches of at most {result['args']['batch_size']} "
+             f"passages and {result['args'].get('max_tokens')} padded tokens.", "",
              "| passages | wall s | passages/s | peak RssAnon GiB (sampled, stage) | peak RSS GiB (ru_maxrss) "
              "| source opens | source passes |",
              "|---:|---:|---:|---:|---:|---:|---:|"]

@@ -175,6 +175,16 @@ def test_token_budget_plan():
         plan_batches(lengths, 0, None)
 
 
+def test_max_tokens_option_parses_auto_none_and_counts():
+    from dretriever.token_batches import parse_max_tokens
+
+    assert [parse_max_tokens(v) for v in ("auto", "AUTO", "none", "16384", None, 7)] == ["auto", "auto", None, 16384,
+                                                                                          None, 7]
+    for bad in ("0", "-5", "lots", ""):
+        with pytest.raises(DretrieverError, match="max_tokens"):
+            parse_max_tokens(bad)
+
+
 def test_token_budget_batches_give_the_fixed_batch_vectors(tiny_model):
     enc = BiEncoder.from_pretrained(tiny_model)
     texts = (QUERIES + DOCS) * 7

@@ -9,6 +9,7 @@ from ..cli import parse
 from ..data.beir import load_corpus
 from ..encoder import BiEncoder
 from ..index.build import build_index, corpus_source
+from ..token_batches import parse_max_tokens
 
 
 @dataclass
@@ -20,6 +21,8 @@ class IndexBuildArgs:
     factory: str = field(default="Flat", metadata={"help": "faiss index_factory string"})
     batch_size: int = 64
     precision: str = "auto"
+    max_tokens: str = field(default="auto", metadata={"help": "padded tokens per encoding batch: auto (1,024 on "
+                                                                  "a CPU), none (batch_size texts) or N"})
     backend: str = field(default="torch", metadata={"help": "inference backend: torch | onnx (fp32 ONNX Runtime); "
                                                              "recorded in the manifest, the query side uses it too"})
     train_sample: int | None = field(default=None, metadata={"help": "vectors to train IVF/PQ on"})
@@ -36,7 +39,8 @@ def main(argv) -> int:
     source = corpus_source(corpus, args.shards, {"path": str(path.resolve())})
     manifest = build_index(source, encoder, args.output, model=args.model, factory=args.factory,
                            batch_size=args.batch_size, precision=args.precision,
-                           train_sample=args.train_sample, overwrite=args.overwrite)
+                           train_sample=args.train_sample, overwrite=args.overwrite,
+                           max_tokens=parse_max_tokens(args.max_tokens))
     total = sum(s["num_docs"] for s in manifest["shards"])
     print(f"{args.output}: {total} documents in {manifest['num_shards']} shards ({args.factory})")
     return 0

@@ -185,20 +185,21 @@ class BuildSettings:
     progress: bool = True
     filter_keys: dict | None = None  # metadata keys -> int | float | str, typed indexed columns in the doc store
     trained_from: str | None = None  # reuse this trained.index (a datastore add: one quantizer for all shards)
+    max_tokens: int | str | None = "auto"  # padded tokens per encoding batch (BiEncoder.encode)
 
 
 def build_index(source: ShardedSource, encoder, out: str | Path, model: str | None, factory: str = "Flat",
                 batch_size: int = 64, precision: str = "auto", chunk_docs: int = 512,
                 train_sample: int | None = None, overwrite: bool = False, progress: bool = True,
                 seed: int = 0, keep_vectors: str = "none", filter_keys: dict | None = None,
-                trained_from: str | Path | None = None) -> dict:
+                trained_from: str | Path | None = None, max_tokens: int | str | None = "auto") -> dict:
     """Build (or resume with identical settings) the index of ``source`` in ``out``; returns the manifest.
 
     ``encoder`` encodes the rows' text; it may be ``None`` when the source carries vectors (an import),
     and ``model`` then names the encoder to record (or ``None``: the index serves vector queries only).
     """
     settings = BuildSettings(factory, batch_size, precision, chunk_docs, train_sample, keep_vectors, seed, progress,
-                             filter_keys or {}, str(trained_from) if trained_from else None)
+                             filter_keys or {}, str(trained_from) if trained_from else None, max_tokens)
     return Builder(source, encoder, Path(out), model, settings).run(overwrite)
 
 
@@ -421,8 +422,8 @@ class Builder:
                 store = DocStore(partial_dir(out, i) / DOCSTORE)
                 texts = [doc.contents for _, doc in store.at(local.tolist())]
                 store.close()
-                parts.append(self.encoder.encode_docs(texts, batch_size=self.s.batch_size,
-                                                      precision=self.s.precision, progress=self.s.progress))
+                parts.append(self.encoder.encode_docs(texts, batch_size=self.s.batch_size, precision=self.s.precision,
+                                                      progress=self.s.progress, max_tokens=self.s.max_tokens))
         sample = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
         log.info("training %s on %d vectors sampled across %d shards", factory, len(sample), len(counts))
         with stage("index"):
@@ -449,7 +450,7 @@ class Builder:
             with stage("spool"):  # the staged rows read back (the price of one pass over the sources)
                 rows = list(store.rows(start, stop))
             vectors = self.encoder.encode_docs([doc.contents for _, doc in rows], batch_size=self.s.batch_size,
-                                               precision=self.s.precision)
+                                               precision=self.s.precision, max_tokens=self.s.max_tokens)
             with stage("write"):
                 appender.append(vectors)
                 appender.commit()

@@ -25,6 +25,7 @@ from ..data.readers import FORMATS, Fields, describe, read_records
 from ..encoder import BiEncoder
 from ..errors import DataError, DretrieverError
 from ..stages import stage
+from ..token_batches import parse_max_tokens
 from .bm25 import build_bm25_index
 from .build import ShardedSource, build_index, iter_batches
 from .chunking import ChunkConfig, Chunker, parent_id, passage_id
@@ -52,6 +53,8 @@ class DatastoreArgs:
     chunk_overlap: int = field(default=40, metadata={"help": "words or tokens shared by neighbouring passages"})
     batch_size: int = 64
     precision: str = "auto"
+    max_tokens: str = field(default="auto", metadata={"help": "padded tokens per encoding batch: auto (1,024 on "
+                                                                  "a CPU), none (batch_size texts) or N"})
     chunk_docs: int = field(default=512, metadata={"help": "passages encoded and written per step (memory bound)"})
     train_sample: int | None = field(default=None, metadata={"help": "passages to train IVF/PQ on"})
     keep_vectors: str = field(default="none", metadata={"help": "none | float16 | float32: keep full vectors "
@@ -149,7 +152,7 @@ def build_datastore(args: DatastoreArgs, encoder: BiEncoder | None = None, train
                            batch_size=args.batch_size, precision=args.precision, chunk_docs=args.chunk_docs,
                            train_sample=args.train_sample, overwrite=args.overwrite, progress=args.progress,
                            keep_vectors=args.keep_vectors, filter_keys=args.filter_key_types,
-                           trained_from=trained_from)
+                           trained_from=trained_from, max_tokens=parse_max_tokens(args.max_tokens))
     if args.bm25:
         root = Path(args.output)
         build_bm25_from_shards(root, manifest, BM25_DIR)
