@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ray_cluster import ray_cluster  # noqa: F401  (the session's local Ray cluster)
+
 # Idle OpenMP threads sleep instead of spinning: on 2 shared cores, spinning faiss/torch pools slowed
 # k-means and encoding in tests by up to 50x. Set before faiss or torch start their thread pools.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
