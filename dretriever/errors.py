@@ -14,3 +14,8 @@ class DataError(DretrieverError):
         self.path, self.line = str(path), line
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
+
+
+class Unavailable(DretrieverError):
+    """A part of the service is down for now (a Ray shard group being replaced): the HTTP API answers 503,
+    and the request may be retried."""

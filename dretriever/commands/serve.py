@@ -1,5 +1,8 @@
-"""Serve one index over HTTP (FastAPI under uvicorn): ``dretriever serve indexes/NAME [--port 8000]``.
+"""Serve one index over HTTP: ``dretriever serve indexes/NAME [--port 8000] [--engine local|ray]``.
 
+``--engine local`` (default): FastAPI under uvicorn in this process. ``--engine ray``: the same API as a Ray Serve
+application (``ray/serve.py``: a batching query encoder, ``--shard_groups`` deployments each holding a range of the
+shards, an ingress merging their top-k) in the cluster at ``--address`` (default: a local one), until interrupted.
 Binds to 127.0.0.1 unless ``--host`` says otherwise. With ``DRETRIEVER_API_KEY`` set in the environment
 every request must carry that key.
 """
@@ -38,6 +41,14 @@ class ServeArgs:
                                                           "forward and one search (0 or 1: off)"})
     micro_batch_wait_ms: float = field(default=2.0, metadata={"help": "longest wait for a micro-batch to fill"})
     log_level: str = "info"
+    engine: str = field(default="local", metadata={"help": "local (this process, uvicorn) | ray (Ray Serve)"})
+    address: str | None = field(default=None, metadata={"help": "engine ray: the cluster to join (auto: the one "
+                                                              "on this node; default: RAY_ADDRESS, else a new "
+                                                              "local cluster)"})
+    shard_groups: int = field(default=0, metadata={"help": "engine ray: deployments the shards are split "
+                                                          "between (0: min(shards, 2))"})
+    group_timeout_s: float = field(default=30.0, metadata={"help": "engine ray: a shard group silent this long "
+                                                                   "answers 503"})
 
     def __post_init__(self):
         if not self.index:
@@ -50,6 +61,13 @@ class ServeArgs:
             raise DretrieverError("max_k, max_batch, max_query_chars and max_body_bytes must be positive")
         if self.micro_batch < 0 or self.micro_batch_wait_ms < 0:
             raise DretrieverError("micro_batch and micro_batch_wait_ms must not be negative")
+        from ..ray import check_engine
+
+        check_engine(self.engine)
+        if self.shard_groups < 0 or self.group_timeout_s <= 0:
+            raise DretrieverError("shard_groups must not be negative and group_timeout_s must be positive")
+        if self.engine == "ray" and self.mode != "dense":
+            raise DretrieverError(f"mode: --engine ray serves dense mode only, not {self.mode!r}")
 
 
 def main(argv) -> int:
@@ -57,6 +75,8 @@ def main(argv) -> int:
     if argv and not argv[0].startswith("-") and not argv[0].endswith((".yaml", ".yml")):
         argv = ["--index", *argv]  # `dretriever serve indexes/NAME`
     args = parse(ServeArgs, argv)
+    if args.engine == "ray":
+        return serve_on_ray(args)
     import uvicorn
 
     retriever = Retriever.load(args.index, mode=args.mode, model=args.model, fusion=args.fusion, alpha=args.alpha)
@@ -71,4 +91,36 @@ def main(argv) -> int:
     log.info("serving %s (%d passages) on http://%s:%d%s", args.index, len(retriever.index), args.host, args.port,
              " with an API key" if api_key else "")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    return 0
+
+
+def serve_on_ray(args: ServeArgs) -> int:
+    """Deploy the Ray Serve application and block until interrupted (then delete it)."""
+    import time
+
+    from ..ray import connect
+
+    ray = connect(args.address)
+    from ..ray import serve as ray_serve
+
+    params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
+    api_key = os.environ.get(API_KEY_ENV) or None
+    app = ray_serve.application(args.index, name=Path(args.index).name, api_key=api_key, max_k=args.max_k,
+                                max_batch=args.max_batch, max_query_chars=args.max_query_chars,
+                                max_body_bytes=args.max_body_bytes, shard_groups=args.shard_groups,
+                                model=args.model, micro_batch=args.micro_batch,
+                                micro_batch_wait_ms=args.micro_batch_wait_ms, search_params=params,
+                                group_timeout_s=args.group_timeout_s)
+    ray_serve.run(app, host=args.host, port=args.port)
+    log.info("serving %s with Ray Serve on http://%s:%d%s", args.index, args.host, args.port,
+             " with an API key" if api_key else "")
+    print(f"ready: http://{args.host}:{args.port}", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray_serve.serve.delete(ray_serve.APP_NAME)
+        ray.shutdown()
     return 0

@@ -108,8 +108,11 @@ def _one_omp_thread() -> None:
 class ShardedIndex:
     """All shards of a complete index. ``search`` takes query vectors and returns merged top-k."""
 
-    def __init__(self, root: Path, manifest: dict, shards: list[Shard], threads: int | None = None):
+    def __init__(self, root: Path, manifest: dict, shards: list[Shard], threads: int | None = None,
+                 numbers: list[int] | None = None):
         self.root, self.manifest, self.shards = root, manifest, shards
+        # the manifest's number of each opened shard (all of them, unless opened with ``select``)
+        self.numbers = list(range(len(shards))) if numbers is None else list(numbers)
         self.threads = max(1, min(len(shards), threads or os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -125,8 +128,11 @@ class ShardedIndex:
 
     @classmethod
     def open(cls, root: str | Path, verify: bool = False, mmap: bool = True,
-             threads: int | None = None) -> "ShardedIndex":
-        """Open every shard (sizes checked; ``verify``: also every sha256). ``mmap=False`` reads indexes into RAM."""
+             threads: int | None = None, select=None) -> "ShardedIndex":
+        """Open every shard (sizes checked; ``verify``: also every sha256). ``mmap=False`` reads indexes into RAM.
+        ``select(num_shards)``: the manifest numbers of the shards to open (a Ray shard group opens only its own,
+        chosen from the generation it opens); the others' files are never touched. Shard numbers in results are
+        then positions in :attr:`shards`; :attr:`numbers` maps them to the manifest's."""
         root = Path(root)
         manifest = mf.read_manifest(root)
         if not manifest.get("complete"):
@@ -134,7 +140,9 @@ class ShardedIndex:
         dim = int(manifest["dim"])
         flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
         shards = []
-        for entry in manifest["shards"]:
+        numbers = list(range(len(manifest["shards"]))) if select is None else list(select(len(manifest["shards"])))
+        for number in numbers:
+            entry = manifest["shards"][number]
             d = root / entry["dir"]
             problem = mf.shard_problem(root, entry, full=verify)
             if problem:
@@ -149,7 +157,7 @@ class ShardedIndex:
             if shard.vectors_file:
                 shard.vectors
             shards.append(shard)
-        return cls(root, manifest, shards, threads)
+        return cls(root, manifest, shards, threads, numbers)
 
     @property
     def dim(self) -> int:

@@ -183,21 +183,27 @@ class Retriever:
         return rows
 
     def _hits(self, row: list[tuple[str, float, int | None]], with_text: bool) -> list[Hit]:
-        if not with_text:
-            return [Hit(pid, pid, score, shard=sh) for pid, score, sh in row]
-        found: dict[str, tuple[int, dict]] = {}
-        by_shard: dict[int, list[str]] = {}
-        for pid, _, sh in row:
-            if sh is not None:
-                by_shard.setdefault(sh, []).append(pid)
-        for sh, pids in by_shard.items():
-            found.update((pid, (sh, rec)) for pid, rec in self.index.texts(sh, pids).items())
-        missing = [pid for pid, _, _ in row if pid not in found]  # BM25-only hits: the live row in any shard
-        if missing:
-            found.update(self.index.live_texts(missing))
-        hits = []
-        for pid, score, _ in row:
-            sh, rec = found.get(pid, (None, {"title": "", "text": "", "metadata": {}}))
-            hits.append(Hit(pid, str(rec["metadata"].get("doc_id", pid)), score, rec["title"], rec["text"],
-                            rec["metadata"], sh))
-        return hits
+        return make_hits(self.index, row, with_text)
+
+
+def make_hits(index: ShardedIndex, row: list[tuple[str, float, int | None]], with_text: bool) -> list[Hit]:
+    """Hits for ``(passage id, score, shard)`` rows, with title, text and metadata from ``index``'s doc stores
+    (a Ray shard group calls it with its own shards)."""
+    if not with_text:
+        return [Hit(pid, pid, score, shard=sh) for pid, score, sh in row]
+    found: dict[str, tuple[int, dict]] = {}
+    by_shard: dict[int, list[str]] = {}
+    for pid, _, sh in row:
+        if sh is not None:
+            by_shard.setdefault(sh, []).append(pid)
+    for sh, pids in by_shard.items():
+        found.update((pid, (sh, rec)) for pid, rec in index.texts(sh, pids).items())
+    missing = [pid for pid, _, _ in row if pid not in found]  # BM25-only hits: the live row in any shard
+    if missing:
+        found.update(index.live_texts(missing))
+    hits = []
+    for pid, score, _ in row:
+        sh, rec = found.get(pid, (None, {"title": "", "text": "", "metadata": {}}))
+        hits.append(Hit(pid, str(rec["metadata"].get("doc_id", pid)), score, rec["title"], rec["text"],
+                        rec["metadata"], sh))
+    return hits

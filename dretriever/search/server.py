@@ -1,4 +1,8 @@
-"""HTTP API over one Retriever: ``/search``, ``/batch_search``, ``/health`` (+ ``/openapi.json``, ``/docs``).
+"""HTTP API over one index: ``/search``, ``/batch_search``, ``/health`` (+ ``/openapi.json``, ``/docs``).
+
+Defined once for both engines: ``create_app`` takes a backend (``search/backend.py``): a :class:`Retriever` in
+this process (``LocalBackend``), or the Ray Serve deployments (``ray/serve.py``), so both serve the same OpenAPI
+document, limits and error shapes.
 
 The index and model are loaded once, before the app is built; requests can only choose the query, ``k``
 and the mode (there is no field naming a path or another index; unknown fields are refused). Bad
@@ -17,20 +21,18 @@ are answered by one ``batch_search`` call, one encoder forward and one search pe
 """
 
 
-import asyncio
 import hmac
 import json
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import DretrieverError
-from .batcher import MicroBatcher
+from ..errors import DretrieverError, Unavailable
+from .backend import LocalBackend
 from .retriever import Retriever
 
 API_KEY_ENV = "DRETRIEVER_API_KEY"
@@ -72,6 +74,9 @@ class Health(BaseModel):
     max_k: int
     max_batch: int
     generation: int
+    details: list[dict] | None = Field(default=None, description="per process holding shards (one; with the Ray "
+                                       "engine one per shard group): group, shards, passages, generation, pid, "
+                                       "rss_bytes")
 
 
 class ErrorOut(BaseModel):
@@ -84,7 +89,9 @@ class ErrorOut(BaseModel):
 ERRORS = {400: {"model": ErrorOut, "description": "a request the index cannot serve (the message says why)"},
           401: {"model": ErrorOut, "description": "missing or wrong API key (when the server has one)"},
           413: {"model": ErrorOut, "description": "request body over the server's limit"},
-          422: {"model": ErrorOut, "description": "a field of the wrong type or value (named in `field`)"}}
+          422: {"model": ErrorOut, "description": "a field of the wrong type or value (named in `field`)"},
+          503: {"model": ErrorOut, "description": "a part of the service is down for now (a Ray shard group being "
+                                                  "replaced; the message names it): retry"}}
 
 
 def _nonblank(value: str) -> str:
@@ -156,7 +163,9 @@ def _error(status: int, message: str, field: str | None = None, **extra) -> JSON
 
 
 class Guard:
-    """ASGI middleware: API key check (401) and request body limit (413) before the app sees a request."""
+    """ASGI middleware: API key check (401) and request body limit (413) before the app sees a request.
+    ``create_app`` installs it with ``app.add_middleware(Guard, api_key=..., max_body_bytes=...)``, so the FastAPI
+    object itself carries it (Ray Serve's ingress runs that object)."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int):
         self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
@@ -197,24 +206,27 @@ class Guard:
         return await self.app(scope, replay, send)
 
 
-def create_app(retriever: Retriever, name: str = "index", api_key: str | None = None, max_k: int = 1000,
+class API(FastAPI):
+    """The FastAPI app (with :class:`Guard` installed); ``.app`` is itself, for callers of the former wrapper."""
+
+    @property
+    def app(self) -> "API":
+        return self
+
+
+def create_app(backend, name: str = "index", api_key: str | None = None, max_k: int = 1000,
                max_batch: int = 64, max_query_chars: int = 2000, max_body_bytes: int = 1 << 20,
-               micro_batch: int = 32, micro_batch_wait_ms: float = 2.0):
-    """The ASGI app (FastAPI wrapped in :class:`Guard`) serving ``retriever`` (swapped by ``/admin/reload``);
-    concurrent ``/search`` requests are gathered into batches of up to ``micro_batch`` (waiting at most
-    ``micro_batch_wait_ms``; 0 or 1: off), each batch answered by one generation."""
-    SearchIn, BatchSearchIn = request_models(max_k, max_batch, max_query_chars, retriever.filter_keys)
-    state = {"retriever": retriever}  # one reference, replaced whole by a reload
-    reloading = asyncio.Lock()
-
-    def batched(queries: list[str], k: int, mode: str | None, filter: str | None):
-        r = state["retriever"]  # the whole batch is served by one generation
-        rows = r.batch_search(queries, k, mode, True, json.loads(filter) if filter else None)
-        return [(row, r.generation) for row in rows]
-
-    batcher = MicroBatcher(batched, micro_batch, micro_batch_wait_ms) if micro_batch > 1 else None
-    app = FastAPI(title="dretriever", version="1", description=f"Dense/BM25/hybrid retrieval over `{name}`.")
-    app.state.batcher = batcher
+               micro_batch: int = 32, micro_batch_wait_ms: float = 2.0) -> API:
+    """The FastAPI app serving ``backend`` (``search/backend.py``; a :class:`Retriever` is served by a
+    ``LocalBackend`` micro-batching ``/search`` into batches of up to ``micro_batch``, waiting at most
+    ``micro_batch_wait_ms``; 0 or 1: off), with :class:`Guard` installed for the key and body limit."""
+    if isinstance(backend, Retriever):
+        backend = LocalBackend(backend, micro_batch, micro_batch_wait_ms)
+    SearchIn, BatchSearchIn = request_models(max_k, max_batch, max_query_chars, backend.filter_keys)
+    app = API(title="dretriever", version="1", description=f"Dense/BM25/hybrid retrieval over `{name}`.")
+    app.state.backend = backend
+    app.state.batcher = getattr(backend, "batcher", None)
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -237,48 +249,38 @@ def create_app(retriever: Retriever, name: str = "index", api_key: str | None = 
         field = str(exc).split(":", 1)[0]
         return _error(400, str(exc), field)
 
-    @app.get("/health", response_model=Health, responses={401: ERRORS[401]})
-    def health(response: Response) -> Health:
-        r = state["retriever"]
-        index = r.index
-        response.headers[GENERATION_HEADER] = str(r.generation)
-        return Health(status="ok", passages=len(index), shards=len(index.shards), modes=r.modes,
-                      model=str(index.manifest["encoder"]["model"]), max_k=max_k, max_batch=max_batch,
-                      generation=r.generation)
+    @app.exception_handler(Unavailable)
+    async def _down(request: Request, exc: Unavailable):
+        return _error(503, str(exc), None)
+
+    @app.get("/health", response_model=Health, responses={401: ERRORS[401], 503: ERRORS[503]})
+    async def health(response: Response) -> Health:
+        h = await backend.health()
+        response.headers[GENERATION_HEADER] = str(h["generation"])
+        return Health(status="ok", max_k=max_k, max_batch=max_batch, **h)
 
     @app.post("/search", response_model=SearchOut, responses=ERRORS)
     async def search(body: SearchIn, response: Response) -> SearchOut:
-        if batcher is not None:
-            key = json.dumps(body.filter, sort_keys=True) if body.filter is not None else None  # hashable
-            hits, generation = await batcher(body.query, k=body.k, mode=body.mode, filter=key)
-        else:
-            r = state["retriever"]  # this request's generation, whatever a reload does meanwhile
-            hits = await run_in_threadpool(r.search, body.query, body.k, body.mode, True, body.filter)
-            generation = r.generation
+        hits, generation = await backend.search(body.query, body.k, body.mode, body.filter)
         response.headers[GENERATION_HEADER] = str(generation)
-        return SearchOut(hits=[HitOut(**h.to_dict()) for h in hits], generation=generation)
+        return SearchOut(hits=[HitOut(**h) for h in hits], generation=generation)
 
     @app.post("/batch_search", response_model=BatchSearchOut, responses=ERRORS)
     async def batch_search(body: BatchSearchIn, response: Response) -> BatchSearchOut:
-        r = state["retriever"]
-        rows = await run_in_threadpool(r.batch_search, body.queries, body.k, body.mode, True, body.filter)
-        response.headers[GENERATION_HEADER] = str(r.generation)
-        return BatchSearchOut(results=[[HitOut(**h.to_dict()) for h in row] for row in rows],
-                              generation=r.generation)
+        rows, generation = await backend.batch_search(body.queries, body.k, body.mode, body.filter)
+        response.headers[GENERATION_HEADER] = str(generation)
+        return BatchSearchOut(results=[[HitOut(**h) for h in row] for row in rows], generation=generation)
 
     @app.post("/admin/reload", response_model=ReloadOut,
               responses={401: ERRORS[401], 403: {"model": ErrorOut, "description": "the server has no API key, "
-                                                 "so reloading is off"}})
+                                                 "so reloading is off"}, 503: ERRORS[503]})
     async def reload(response: Response) -> ReloadOut:
         """Open the datastore's current generation and swap it in; requests in flight finish on the old one."""
         if api_key is None:
             return _error(403, "admin/reload: only available when the server has an API key "
                                f"({API_KEY_ENV})", "authorization")
-        async with reloading:
-            old = state["retriever"]
-            new = await run_in_threadpool(old.reopen)
-            state["retriever"] = new
-        response.headers[GENERATION_HEADER] = str(new.generation)
-        return ReloadOut(generation=new.generation, previous=old.generation, passages=len(new.index))
+        generation, previous, passages = await backend.reload()
+        response.headers[GENERATION_HEADER] = str(generation)
+        return ReloadOut(generation=generation, previous=previous, passages=passages)
 
-    return Guard(app, api_key, max_body_bytes)
+    return app

@@ -1,0 +1,85 @@
+"""What the HTTP API (``search/server.py``) asks of an engine, and the single-process engine itself.
+
+``create_app`` is written once against a *backend*: an object with ``filter_keys`` (the metadata keys a filter
+may name, built into the request schema) and four coroutines:
+
+- ``search(query, k, mode, filter)`` and ``batch_search(queries, k, mode, filter)``: the hits (dicts of
+  :class:`HitOut`'s fields) and the one generation that answered;
+- ``health()``: passages, shards, modes, model, generation, and ``details`` (per process holding shards:
+  its shards, passages, pid and RSS);
+- ``reload()``: ``(generation, previous, passages)`` after moving to the datastore's current generation.
+
+A bad request raises ``DretrieverError`` (400), a part of the service that is down raises ``Unavailable`` (503).
+:class:`LocalBackend` serves a :class:`Retriever` in this process (micro-batching ``/search``);
+``ray/serve.py`` has the Ray Serve one, so both engines publish the same OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from fastapi.concurrency import run_in_threadpool
+
+from .batcher import MicroBatcher
+from .retriever import Retriever
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (Linux ``/proc/self/statm``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class LocalBackend:
+    """One :class:`Retriever` in this process, swapped whole by ``reload`` (requests in flight keep the one they
+    started with); concurrent ``search`` calls with the same options gathered into batches of up to
+    ``micro_batch`` (waiting at most ``micro_batch_wait_ms``; 0 or 1: off), each batch answered by one generation."""
+
+    def __init__(self, retriever: Retriever, micro_batch: int = 32, micro_batch_wait_ms: float = 2.0):
+        self.retriever = retriever
+        self.batcher = MicroBatcher(self._batched, micro_batch, micro_batch_wait_ms) if micro_batch > 1 else None
+        self._reloading: asyncio.Lock | None = None
+
+    @property
+    def filter_keys(self) -> dict[str, str]:
+        return self.retriever.filter_keys
+
+    def _batched(self, queries: list[str], k: int, mode: str | None, filter: str | None):
+        r = self.retriever  # the whole batch is served by one generation
+        rows = r.batch_search(queries, k, mode, True, json.loads(filter) if filter else None)
+        return [([h.to_dict() for h in row], r.generation) for row in rows]
+
+    async def search(self, query: str, k: int, mode: str | None, filter: dict | None):
+        if self.batcher is not None:
+            key = json.dumps(filter, sort_keys=True) if filter is not None else None  # hashable
+            return await self.batcher(query, k=k, mode=mode, filter=key)
+        r = self.retriever  # this request's generation, whatever a reload does meanwhile
+        hits = await run_in_threadpool(r.search, query, k, mode, True, filter)
+        return [h.to_dict() for h in hits], r.generation
+
+    async def batch_search(self, queries: list[str], k: int, mode: str | None, filter: dict | None):
+        r = self.retriever
+        rows = await run_in_threadpool(r.batch_search, queries, k, mode, True, filter)
+        return [[h.to_dict() for h in row] for row in rows], r.generation
+
+    async def health(self) -> dict:
+        r = self.retriever
+        index = r.index
+        return {"passages": len(index), "shards": len(index.shards), "modes": r.modes,
+                "model": str(index.manifest["encoder"]["model"]), "generation": r.generation,
+                "details": [{"group": 0, "shards": list(range(len(index.shards))), "passages": len(index),
+                             "generation": r.generation, "pid": os.getpid(), "rss_bytes": rss_bytes()}]}
+
+    async def reload(self) -> tuple[int, int, int]:
+        if self._reloading is None:
+            self._reloading = asyncio.Lock()
+        async with self._reloading:
+            old = self.retriever
+            new = await run_in_threadpool(old.reopen)
+            self.retriever = new
+        return new.generation, old.generation, len(new.index)

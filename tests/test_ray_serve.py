@@ -1,0 +1,167 @@
+"""``serve --engine ray`` for real: the Ray Serve application (``ray/serve.py``) in the session's local Ray cluster,
+over HTTP on 127.0.0.1, against the single-process server on the same 4-shard datastore: the same OpenAPI
+document, the same answers (ids, texts, scores within 1e-5) and the same 401/413/422; each of the two shard
+groups holds only its own shards; a killed shard-group replica gives a 503 naming it (or, once replaced, a
+correct answer), never a partial top-k, and the service answers correctly again within 60 s."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_server import same_answers, serving
+
+from dretriever.index.datastore import DatastoreArgs, build_datastore
+from dretriever.search.retriever import Retriever
+from dretriever.search.server import create_app
+
+KEY = "ray-key-789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LIMITS = dict(max_k=50, max_batch=4, max_query_chars=300, max_body_bytes=2000)
+
+
+@pytest.fixture(scope="module")
+def datastore(scifact_small, tiny_model, tmp_path_factory) -> Path:
+    lines = (scifact_small / "corpus.jsonl").read_text().splitlines(keepends=True)[:80]
+    root = tmp_path_factory.mktemp("ray_serve")
+    (root / "corpus.jsonl").write_text("".join(lines))
+    build_datastore(DatastoreArgs(sources=[str(root / "corpus.jsonl")], output=str(root / "ds"),
+                                  model=str(tiny_model), shards=4, chunking="words", chunk_size=40,
+                                  chunk_overlap=10, progress=False))
+    return root / "ds"
+
+
+@pytest.fixture(scope="module")
+def queries(scifact_small) -> list[str]:
+    return [json.loads(line)["text"] for line in (scifact_small / "queries.jsonl").open()][:8]
+
+
+@pytest.fixture(scope="module")
+def retriever(datastore) -> Retriever:
+    return Retriever.load(datastore, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def local(retriever, datastore):
+    with serving(create_app(retriever, name=datastore.name, api_key=KEY, **LIMITS)) as client:
+        client.headers.update(AUTH)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def on_ray(ray_cluster, datastore):
+    """The Ray Serve app (2 shard groups of 2 shards) on a free port of 127.0.0.1; yields an HTTP client."""
+    from ray import serve
+
+    from dretriever.ray.serve import application, run
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    app = application(datastore, api_key=KEY, shard_groups=2, precision="fp32", group_timeout_s=10,
+                      micro_batch=8, micro_batch_wait_ms=5, **LIMITS)
+    run(app, host="127.0.0.1", port=port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60) as client:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                try:
+                    if client.get("/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            yield client
+    finally:
+        serve.delete("dretriever")
+
+
+def test_the_openapi_documents_are_identical(on_ray, local):
+    ray_doc, local_doc = on_ray.get("/openapi.json"), local.get("/openapi.json")
+    assert ray_doc.status_code == local_doc.status_code == 200
+    assert ray_doc.json() == local_doc.json()
+    assert "503" in ray_doc.json()["paths"]["/search"]["post"]["responses"]
+
+
+def test_search_and_batch_search_answer_as_the_single_process_server(on_ray, local, retriever, queries):
+    for q in queries[:4]:
+        got = on_ray.post("/search", json={"query": q, "k": 7})
+        assert got.status_code == 200, got.text
+        same_answers([got.json()], [local.post("/search", json={"query": q, "k": 7}).json()])
+        same_answers([got.json()], [{"hits": [h.to_dict() for h in retriever.search(q, 7)]}])
+        assert got.headers["X-Dretriever-Generation"] == "0" and got.json()["generation"] == 0
+    got = on_ray.post("/batch_search", json={"queries": queries[:4], "k": 50})
+    assert got.status_code == 200, got.text
+    expected = local.post("/batch_search", json={"queries": queries[:4], "k": 50}).json()
+    same_answers([{"hits": row} for row in got.json()["results"]], [{"hits": row} for row in expected["results"]])
+    assert {h["shard"] for row in got.json()["results"] for h in row} == {0, 1, 2, 3}  # global shard numbers
+
+
+def test_concurrent_searches_are_batched_by_the_encoder_and_answer_the_same(on_ray, local, queries):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda q: on_ray.post("/search", json={"query": q, "k": 5}).json(), queries))
+    same_answers(got, [local.post("/search", json={"query": q, "k": 5}).json() for q in queries])
+
+
+@pytest.mark.parametrize("path, body, headers", [
+    ("/search", {"query": "cells", "k": 5}, {"Authorization": "Bearer wrong"}),       # 401
+    ("/search", {"query": "cells", "k": 5}, {"Authorization": ""}),                    # 401
+    ("/search", {"query": "x" * 3000, "k": 5}, None),                                   # 413 (body > 2000 bytes)
+    ("/search", {"query": "cells", "k": 0}, None),                                      # 422
+    ("/search", {"query": "cells", "k": 51}, None),                                     # 422
+    ("/search", {"query": "  ", "k": 5}, None),                                         # 422
+    ("/search", {"query": "cells", "bogus": 1}, None),                                  # 422
+    ("/batch_search", {"queries": ["a"] * 5}, None),                                    # 422
+    ("/search", {"query": "cells", "filter": {"colour": "red"}}, None),                 # 422 (no such key)
+    ("/search", {"query": "cells", "mode": "bm25"}, None),                              # 400 (no BM25 here)
+])
+def test_errors_are_the_single_process_servers(on_ray, local, path, body, headers):
+    a = on_ray.post(path, json=body, headers=headers)
+    b = local.post(path, json=body, headers=headers)
+    assert a.status_code == b.status_code and a.status_code in (400, 401, 413, 422), (a.text, b.text)
+    assert a.json() == b.json()
+
+
+def test_each_shard_group_holds_only_its_shards(on_ray, datastore):
+    from dretriever.index.manifest import read_manifest
+
+    health = on_ray.get("/health").json()
+    assert health["shards"] == 4 and health["passages"] == len(Retriever.load(datastore).index)
+    dirs = [entry["dir"] for entry in read_manifest(datastore)["shards"]]
+    groups = sorted(health["details"], key=lambda d: d["group"])
+    assert [g["shards"] for g in groups] == [[0, 1], [2, 3]]
+    for g in groups:
+        assert g["open_shards"] == sorted(dirs[s] for s in g["shards"])  # the other group's files: never opened
+        assert g["rss_bytes"] > 0 and g["pid"] != os.getpid()
+    assert groups[0]["pid"] != groups[1]["pid"]
+
+
+def test_a_killed_shard_group_gives_a_503_naming_it_then_the_service_recovers(on_ray, local, queries):
+    expected = local.post("/search", json={"query": queries[0], "k": 10}).json()
+    group1 = next(d for d in on_ray.get("/health").json()["details"] if d["group"] == 1)
+    os.kill(group1["pid"], signal.SIGKILL)
+    killed, seen = time.time(), []
+    while True:
+        r = on_ray.post("/search", json={"query": queries[0], "k": 10})
+        seen.append(r.status_code)
+        if r.status_code == 503:
+            assert "shard group 1 (shards 2-3) unavailable" in r.json()["error"], r.text
+        else:
+            assert r.status_code == 200, r.text
+            same_answers([r.json()], [expected])  # never a partial top-k
+            new = next(d for d in on_ray.get("/health").json()["details"] if d["group"] == 1)
+            if new["pid"] != group1["pid"]:
+                break
+        assert time.time() - killed < 60, f"not recovered within 60 s: {seen[-5:]}"
+        time.sleep(0.2)
+    print(f"recovered in {time.time() - killed:.1f} s; statuses seen: {sorted(set(seen))} ({len(seen)} requests)")
