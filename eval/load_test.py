@@ -7,8 +7,16 @@ errors, throughput and latency percentiles (JSON + Markdown) and exits 1 if any 
 ``--compare_batching true`` does it twice in one run, the server's micro-batching off and then on, and
 reports the requests/s ratio and both latency profiles.
 
+``--engine ray`` serves with ``dretriever serve --engine ray`` (a fresh local Ray cluster owned by the server,
+or the one at ``--address``; ``--shard_groups``); ``--engine both`` runs the local server and then the Ray one
+and prints them side by side (p50/p99, requests/s, errors). ``--kill_group_after S`` (Ray; the cluster on this
+machine) SIGKILLs a shard-group replica S seconds into the load and reports the errors seen (status and
+message) and the recovery time (from the kill to the first success after the last error).
+
     nice -n 10 python eval/load_test.py --index indexes/scifact.datastore-flat --clients 16 --duration 30 \
         --compare_batching true
+    nice -n 10 python eval/load_test.py --index indexes/scifact.datastore-flat --clients 16 --duration 30 \
+        --engine both [--kill_group_after 10]
 """
 
 from __future__ import annotations
@@ -16,12 +24,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
+import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +40,11 @@ from dretriever.cli import parse, run_script
 from dretriever.data.beir import load_queries
 from dretriever.errors import DretrieverError
 from dretriever.index.atomic import write_json_atomic, write_text_atomic
-from dretriever.search.server import API_KEY_ENV
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from server_process import serving  # noqa: E402  (eval/server_process.py)
+
+ENGINES = ("local", "ray", "both")
 
 
 @dataclass
@@ -51,35 +63,23 @@ class LoadArgs:
     compare_batching: bool = field(default=False, metadata={"help": "run the server with micro-batching off, "
                                                                    "then on, in this one run; print the ratio"})
     output_dir: str = "eval/reports/search"
+    engine: str = field(default="local", metadata={"help": "local | ray | both (local, then ray, side by side)"})
+    address: str | None = field(default=None, metadata={"help": "engine ray: the cluster to serve in (default: a "
+                                                              "fresh local one, started by the server)"})
+    shard_groups: int = field(default=0, metadata={"help": "engine ray: the server's --shard_groups (0: default)"})
+    kill_group_after: float = field(default=0.0, metadata={"help": "engine ray: SIGKILL a shard-group replica "
+                                                                  "this many seconds into the load (0: off)"})
+    kill_group: int = field(default=-1, metadata={"help": "the shard group to kill (-1: the last)"})
 
     def __post_init__(self):
         if not 0 < self.duration <= 600 or self.max_requests < 1 or self.clients < 1:
             raise DretrieverError("duration must lie in (0, 600], max_requests and clients must be positive")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args: LoadArgs, port: int, key: str, micro_batch: int) -> subprocess.Popen:
-    env = {**os.environ, API_KEY_ENV: key}
-    proc = subprocess.Popen([sys.executable, "-m", "dretriever", "serve", args.index, "--host", "127.0.0.1",
-                             "--port", str(port), "--mode", args.mode, "--log_level", "warning",
-                             "--micro_batch", str(micro_batch), "--micro_batch_wait_ms", str(args.micro_batch_wait_ms)],
-                            env=env)
-    deadline = time.time() + args.startup_timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise DretrieverError(f"the server exited with status {proc.returncode} before answering")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", headers={"X-API-Key": key}, timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise DretrieverError(f"the server did not answer /health within {args.startup_timeout} s")
+        if self.engine not in ENGINES:
+            raise DretrieverError(f"engine: expected one of {ENGINES}, got {self.engine!r}")
+        if self.compare_batching and self.engine == "both":
+            raise DretrieverError("compare_batching: one engine at a time")
+        if self.kill_group_after and not 0 < self.kill_group_after < self.duration:
+            raise DretrieverError("kill_group_after must lie inside the run's duration")
 
 
 def check_rejections(url: str, key: str) -> dict:
@@ -95,9 +95,18 @@ def check_rejections(url: str, key: str) -> dict:
     return {name: r.status_code for name, r in cases.items()}
 
 
-def run_load(url: str, key: str, queries: list[str], args: LoadArgs) -> dict:
+def kill_group(url: str, key: str, group: int) -> dict:
+    """SIGKILL the process of a shard-group replica (its pid from /health's details)."""
+    details = httpx.get(f"{url}/health", headers={"X-API-Key": key}, timeout=30).json()["details"]
+    target = sorted(details, key=lambda d: d["group"])[group]
+    os.kill(target["pid"], signal.SIGKILL)
+    return {"group": target["group"], "shards": target["shards"], "pid": target["pid"]}
+
+
+def run_load(url: str, key: str, queries: list[str], args: LoadArgs, kill_after: float = 0.0) -> dict:
     latencies: list[float] = []
     errors: list[str] = []
+    outcomes: list[tuple[float, int | None, str | None]] = []  # (end time, status, problem) of every request
     lock = threading.Lock()
     sent = 0
     deadline = time.perf_counter() + args.duration
@@ -112,15 +121,18 @@ def run_load(url: str, key: str, queries: list[str], args: LoadArgs) -> dict:
                         return
                     sent += 1
                 start = time.perf_counter()
+                status = None
                 try:
                     r = http.post("/search", json={"query": queries[i % len(queries)], "k": args.k})
+                    status = r.status_code
                     ok = r.status_code == 200 and len(r.json()["hits"]) == args.k
                     problem = None if ok else f"status {r.status_code}: {r.text[:200]}"
                 except httpx.HTTPError as e:
                     problem = f"{type(e).__name__}: {e}"
-                elapsed = time.perf_counter() - start
+                end = time.perf_counter()
                 with lock:
-                    latencies.append(elapsed)
+                    latencies.append(end - start)
+                    outcomes.append((end, status, problem))
                     if problem:
                         errors.append(problem)
                 i += args.clients
@@ -129,43 +141,65 @@ def run_load(url: str, key: str, queries: list[str], args: LoadArgs) -> dict:
     threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
     for t in threads:
         t.start()
+    kill = None
+    if kill_after:
+        time.sleep(kill_after)
+        killed_at = time.perf_counter()
+        kill = kill_group(url, key, args.kill_group)
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    return {"requests": len(latencies), "errors": len(errors), "error_samples": errors[:5], "wall_s": wall,
+    if kill is not None:
+        kill.update(recovery(outcomes, killed_at))
+    return {"requests": len(latencies), "errors": len(errors), "error_samples": errors[:5], "wall_s": wall, "kill": kill,
             "throughput_rps": len(latencies) / wall, "latency_ms": {
                 "p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
                 "p99": float(np.percentile(ms, 99)), "max": float(ms.max()), "mean": statistics.mean(ms.tolist())}}
 
 
-def serve_and_load(args: LoadArgs, queries: list[str], micro_batch: int) -> dict:
-    key, port = secrets.token_hex(16), free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(args, port, key, micro_batch)
-    try:
+def recovery(outcomes: list[tuple[float, int | None, str | None]], killed_at: float) -> dict:
+    """After a kill: the failed requests (status -> count, first messages) and the recovery time (s from the kill
+    to the first success after the last failure; 0 when nothing failed)."""
+    after = sorted(o for o in outcomes if o[0] >= killed_at)
+    failed = [o for o in after if o[2]]
+    statuses = Counter(str(status) for _, status, _ in failed)
+    messages = list(dict.fromkeys(problem for _, _, problem in failed))[:3]
+    recovered = 0.0
+    if failed:
+        later = [t for t, _, problem in after if problem is None and t > failed[-1][0]]
+        recovered = (later[0] - killed_at) if later else None
+    return {"failed": len(failed), "statuses": dict(statuses), "messages": messages, "recovered_s": recovered}
+
+
+def serve_and_load(args: LoadArgs, queries: list[str], micro_batch: int, engine: str = "local") -> dict:
+    key = secrets.token_hex(16)
+    options = ["--mode", args.mode, "--log_level", "warning", "--micro_batch", str(micro_batch),
+               "--micro_batch_wait_ms", str(args.micro_batch_wait_ms)]
+    if engine == "ray":
+        options += ["--shard_groups", str(args.shard_groups)]
+    kill_after = args.kill_group_after if engine == "ray" else 0.0
+    with serving(args.index, key, options, engine, args.address, args.startup_timeout) as url:
         rejections = check_rejections(url, key)
-        return {"micro_batch": micro_batch, "rejections": rejections, **run_load(url, key, queries, args)}
-    finally:
-        proc.terminate()
-        proc.wait(30)
+        return {"engine": engine, "micro_batch": micro_batch, "rejections": rejections,
+                **run_load(url, key, queries, args, kill_after)}
 
 
 def describe(r: dict) -> str:
     lat = r["latency_ms"]
-    return (f"micro_batch {r['micro_batch']}: {r['requests']} requests in {r['wall_s']:.1f} s, **{r['errors']} errors**, "
+    return (f"{r['engine']}, micro_batch {r['micro_batch']}: {r['requests']} requests in {r['wall_s']:.1f} s, **{r['errors']} errors**, "
             f"{r['throughput_rps']:.1f} requests/s; latency ms p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, "
             f"p99 {lat['p99']:.1f}, max {lat['max']:.1f}")
 
 
 def main(argv) -> int:
     args = parse(LoadArgs, argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from hardware import machine
 
     queries = list(load_queries(args.queries).values())
     settings = [0, args.micro_batch] if args.compare_batching else [args.micro_batch]
-    runs = [serve_and_load(args, queries, mb) for mb in settings]
+    engines = ["local", "ray"] if args.engine == "both" else [args.engine]
+    runs = [serve_and_load(args, queries, mb, engine) for engine in engines for mb in settings]
     result = runs[-1]
     report = {"command": "python eval/load_test.py " + " ".join(argv), "args": asdict(args), "machine": machine(),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result}
@@ -178,6 +212,18 @@ def main(argv) -> int:
         report["batching_speedup"] = on["throughput_rps"] / max(off["throughput_rps"], 1e-9)
         lines.append(f"micro-batching: **x{report['batching_speedup']:.2f}** requests/s, p99 "
                      f"{on['latency_ms']['p99']:.1f} vs {off['latency_ms']['p99']:.1f} ms\n")
+    if args.engine == "both":
+        report["engines"] = {r["engine"]: r for r in runs}
+        lines += ["| engine | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|"]
+        lines += [f"| {r['engine']} | {r['throughput_rps']:.1f} | {r['latency_ms']['p50']:.1f} | "
+                  f"{r['latency_ms']['p99']:.1f} | {r['errors']} |" for r in runs]
+        lines.append("")
+    for r in runs:
+        if r["kill"]:
+            k = r["kill"]
+            lines.append(f"killed shard group {k['group']} (shards {k['shards']}, pid {k['pid']}) at "
+                         f"{args.kill_group_after:g} s: {k['failed']} failed requests {json.dumps(k['statuses'])}, "
+                         f"recovered after {k['recovered_s']} s; messages: {json.dumps(k['messages'])}\n")
     lines.append(f"rejections (status): {json.dumps(result['rejections'])}\n")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +231,9 @@ def main(argv) -> int:
     write_text_atomic(out / "load_test.md", "\n".join(lines))
     print("\n".join(lines))
     expected = {"no_api_key": 401, "empty_query": 422, "k_zero": 422, "index_field": 422, "oversize_body": 413}
-    ok = all(r["errors"] == 0 and r["rejections"] == expected for r in runs)
+    ok = all((r["errors"] == 0 or r["kill"] and r["kill"]["recovered_s"] is not None and
+              r["errors"] == r["kill"]["failed"] and set(r["kill"]["statuses"]) <= {"503"})
+             and r["rejections"] == expected for r in runs)
     return 0 if ok else 1
 
 

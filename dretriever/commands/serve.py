@@ -31,11 +31,14 @@ class ServeArgs:
     fusion: str = field(default="rrf", metadata={"help": f"hybrid fusion: {' | '.join(FUSIONS)}"})
     alpha: float = field(default=0.5, metadata={"help": "weight of the dense run for interpolation"})
     model: str | None = field(default=None, metadata={"help": "query encoder (default: the manifest's)"})
+    precision: str = field(default="auto", metadata={"help": "query encoding: auto | fp32 | bf16 | fp16"})
     max_k: int = 1000
     max_batch: int = 64
     max_query_chars: int = 2000
     max_body_bytes: int = 1 << 20
     nprobe: int | None = field(default=None, metadata={"help": "IVF lists probed per shard"})
+    rerank: int = field(default=0, metadata={"help": "re-score the top-R approximate candidates exactly from the "
+                                                     "vectors kept on disk (0: off)"})
     ef_search: int | None = field(default=None, metadata={"help": "HNSW efSearch"})
     micro_batch: int = field(default=32, metadata={"help": "concurrent /search requests gathered into one encoder "
                                                           "forward and one search (0 or 1: off)"})
@@ -79,10 +82,11 @@ def main(argv) -> int:
         return serve_on_ray(args)
     import uvicorn
 
-    retriever = Retriever.load(args.index, mode=args.mode, model=args.model, fusion=args.fusion, alpha=args.alpha)
+    retriever = Retriever.load(args.index, mode=args.mode, model=args.model, fusion=args.fusion, alpha=args.alpha,
+                               precision=args.precision)
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
-    if params:
-        retriever.index.set_search_params(**params)
+    if params or args.rerank:
+        retriever.index.set_search_params(rerank=args.rerank or None, **params)
     api_key = os.environ.get(API_KEY_ENV) or None
     app = create_app(retriever, name=Path(args.index).name, api_key=api_key, max_k=args.max_k,
                      max_batch=args.max_batch, max_query_chars=args.max_query_chars,
@@ -95,7 +99,8 @@ def main(argv) -> int:
 
 
 def serve_on_ray(args: ServeArgs) -> int:
-    """Deploy the Ray Serve application and block until interrupted (then delete it)."""
+    """Deploy the Ray Serve application and block until interrupted (SIGINT or SIGTERM; then delete it)."""
+    import signal
     import time
 
     from ..ray import connect
@@ -103,24 +108,30 @@ def serve_on_ray(args: ServeArgs) -> int:
     ray = connect(args.address)
     from ..ray import serve as ray_serve
 
-    params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
+    params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search), ("rerank", args.rerank or None))
+              if v is not None}
     api_key = os.environ.get(API_KEY_ENV) or None
     app = ray_serve.application(args.index, name=Path(args.index).name, api_key=api_key, max_k=args.max_k,
                                 max_batch=args.max_batch, max_query_chars=args.max_query_chars,
                                 max_body_bytes=args.max_body_bytes, shard_groups=args.shard_groups,
-                                model=args.model, micro_batch=args.micro_batch,
+                                model=args.model, precision=args.precision, micro_batch=args.micro_batch,
                                 micro_batch_wait_ms=args.micro_batch_wait_ms, search_params=params,
                                 group_timeout_s=args.group_timeout_s)
-    ray_serve.run(app, host=args.host, port=args.port)
-    log.info("serving %s with Ray Serve on http://%s:%d%s", args.index, args.host, args.port,
-             " with an API key" if api_key else "")
-    print(f"ready: http://{args.host}:{args.port}", flush=True)
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # a local cluster started here is shut down, not left behind
     try:
+        ray_serve.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        log.info("serving %s with Ray Serve on http://%s:%d%s", args.index, args.host, args.port,
+                 " with an API key" if api_key else "")
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        ray_serve.serve.delete(ray_serve.APP_NAME)
-        ray.shutdown()
+        try:
+            ray_serve.serve.delete(ray_serve.APP_NAME)
+        finally:
+            ray.shutdown()
     return 0

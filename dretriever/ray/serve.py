@@ -342,8 +342,11 @@ def application(root: str | Path, *, name: str | None = None, api_key: str | Non
                             ray_actor_options={"num_cpus": cpus["ingress"]}).bind(config, encoder, *group_apps)
 
 
-def run(app, host: str = "127.0.0.1", port: int = 8000, name: str = APP_NAME):
+def run(app, host: str = "127.0.0.1", port: int = 8000, name: str = APP_NAME, log_level: str = "info"):
     """Start Serve's HTTP proxy on ``host:port`` (in the connected cluster) and deploy ``app`` at ``/``; returns
-    once it is running."""
+    once it is running. In a cluster where Serve already runs, its proxy keeps the address it was started with.
+    ``log_level`` below info also turns off the replicas' per-request access log."""
     serve.start(http_options={"host": host, "port": port})
-    return serve.run(app, name=name, route_prefix="/", blocking=False)
+    quiet = log_level.upper() not in ("DEBUG", "INFO")
+    return serve.run(app, name=name, route_prefix="/", blocking=False,
+                     logging_config={"log_level": log_level.upper(), "enable_access_log": not quiet})
