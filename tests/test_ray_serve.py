@@ -35,7 +35,7 @@ def datastore(scifact_small, tiny_model, tmp_path_factory) -> Path:
     (root / "corpus.jsonl").write_text("".join(lines))
     build_datastore(DatastoreArgs(sources=[str(root / "corpus.jsonl")], output=str(root / "ds"),
                                   model=str(tiny_model), shards=4, chunking="words", chunk_size=40,
-                                  chunk_overlap=10, progress=False))
+                                  chunk_overlap=10, bm25=True, progress=False))
     return root / "ds"
 
 
@@ -110,6 +110,18 @@ def test_search_and_batch_search_answer_as_the_single_process_server(on_ray, loc
     same_answers([got.json()], [expected.json()])
 
 
+@pytest.mark.parametrize("mode", ["bm25", "hybrid"])
+def test_bm25_and_hybrid_answer_as_the_single_process_server(on_ray, local, queries, mode):
+    for q in queries[:3]:
+        got = on_ray.post("/search", json={"query": q, "k": 8, "mode": mode})
+        assert got.status_code == 200, got.text
+        same_answers([got.json()], [local.post("/search", json={"query": q, "k": 8, "mode": mode}).json()])
+    got = on_ray.post("/batch_search", json={"queries": queries[:4], "k": 20, "mode": mode})
+    expected = local.post("/batch_search", json={"queries": queries[:4], "k": 20, "mode": mode}).json()
+    assert got.status_code == 200, got.text
+    assert got.json()["results"] == expected["results"]  # BM25 scores, fused scores and texts: identical
+
+
 def test_concurrent_searches_are_batched_by_the_encoder_and_answer_the_same(on_ray, local, queries):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -128,7 +140,8 @@ def test_concurrent_searches_are_batched_by_the_encoder_and_answer_the_same(on_r
     ("/search", {"query": "cells", "bogus": 1}, None),                                  # 422
     ("/batch_search", {"queries": ["a"] * 5}, None),                                    # 422
     ("/search", {"query": "cells", "filter": {"colour": "red"}}, None),                 # 422 (no such key)
-    ("/search", {"query": "cells", "mode": "bm25"}, None),                              # 400 (no BM25 here)
+    ("/search", {"query": "cells", "mode": "bm25", "filter": {"doc_id": "1"}}, None),   # 400 (dense only)
+    ("/search", {"query": "cells", "mode": "sparse"}, None),                            # 422
 ])
 def test_errors_are_the_single_process_servers(on_ray, local, path, body, headers):
     a = on_ray.post(path, json=body, headers=headers)

@@ -69,8 +69,6 @@ class ServeArgs:
         check_engine(self.engine)
         if self.shard_groups < 0 or self.group_timeout_s <= 0:
             raise DretrieverError("shard_groups must not be negative and group_timeout_s must be positive")
-        if self.engine == "ray" and self.mode != "dense":
-            raise DretrieverError(f"mode: --engine ray serves dense mode only, not {self.mode!r}")
 
 
 def main(argv) -> int:
@@ -114,7 +112,8 @@ def serve_on_ray(args: ServeArgs) -> int:
     app = ray_serve.application(args.index, name=Path(args.index).name, api_key=api_key, max_k=args.max_k,
                                 max_batch=args.max_batch, max_query_chars=args.max_query_chars,
                                 max_body_bytes=args.max_body_bytes, shard_groups=args.shard_groups,
-                                model=args.model, precision=args.precision, micro_batch=args.micro_batch,
+                                mode=args.mode, fusion=args.fusion, alpha=args.alpha, model=args.model,
+                                precision=args.precision, micro_batch=args.micro_batch,
                                 micro_batch_wait_ms=args.micro_batch_wait_ms, search_params=params,
                                 group_timeout_s=args.group_timeout_s)
     def interrupt(signum, frame):

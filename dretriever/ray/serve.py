@@ -20,7 +20,10 @@ naming it ("shard group 1 (shards 2-3) unavailable; retry"); a partial top-k is 
 replica opens the datastore's current generation; if that is newer than the one being served, the ingress
 moves every group to it (a reload) and answers from it: every answer names one generation.
 
-Dense mode only (filters included): BM25 and hybrid are refused with a 400 (serve with ``--engine local``).
+With a BM25 index (``bm25/``, ``datastore build --bm25 true``) a ``Lexical`` deployment holds Pyserini's Lucene
+searcher (per generation, like the groups), and the ingress serves ``bm25`` (text of each hit: the live row in
+the first shard holding it, asked of every group) and ``hybrid`` (the dense and BM25 runs to ``fusion_depth``,
+fused by ``search/fusion.py`` as the Retriever does); without one those modes get the Retriever's 400.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ from ..index.datastore import BM25_DIR
 from ..index.filters import parse_filter
 from ..index.sharded import ShardedIndex
 from ..search.backend import rss_bytes
+from ..search.bm25 import BM25Searcher
 from ..search.dense import encoder_for_index
-from ..search.retriever import MODES, check_queries, make_hits
+from ..search.fusion import fuse
+from ..search.retriever import FUSIONS, MODES, Hit, check_queries, make_hits
 
 log = logging.getLogger(__name__)
 APP_NAME = "dretriever"
@@ -146,6 +151,53 @@ class ShardGroup:
         ``generation`` is not held here."""
         return await asyncio.get_running_loop().run_in_executor(None, self._search, vectors, k, filter, generation)
 
+    def _live_texts(self, pids: list[str], generation: int):
+        index = self.held.get(generation)
+        if index is None:
+            return None
+        return {pid: (index.numbers[s], rec) for pid, (s, rec) in index.live_texts(pids).items()}
+
+    async def live_texts(self, pids: list[str], generation: int):
+        """``pid -> (global shard, record)`` for the live row of each id in this group's shards (first shard
+        first), or ``None`` when ``generation`` is not held here."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._live_texts, pids, generation)
+
+
+@serve.deployment(max_ongoing_requests=64, health_check_period_s=2, health_check_timeout_s=10)
+class Lexical:
+    """The datastore's Lucene BM25 index (Pyserini), for the generation served and the one before."""
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+        self.held: dict[int, BM25Searcher] = {}
+        self._lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> int:
+        with self._lock:
+            manifest = mf.read_manifest(self.root)
+            generation = int(manifest.get("generation", 0))
+            if generation not in self.held:
+                self.held[generation] = BM25Searcher(self.root / (manifest.get("bm25") or BM25_DIR))
+                for old in sorted(self.held)[:-2]:
+                    self.held.pop(old)
+            return generation
+
+    def prepare(self) -> dict:
+        return {"generation": self._open(), "pid": os.getpid(), "rss_bytes": rss_bytes()}
+
+    def _search(self, queries: list[str], k: int, generation: int):
+        searcher = self.held.get(generation)
+        if searcher is None:
+            return None
+        with self._lock:  # one Lucene search at a time, like the Retriever's lock
+            run = searcher.search({str(i): q for i, q in enumerate(queries)}, k)
+        return [run[str(i)] for i in range(len(queries))]
+
+    async def search(self, queries: list[str], k: int, generation: int):
+        """Per query, BM25's ``(passage id, score)`` top-``k``, or ``None`` when ``generation`` is not held."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._search, queries, k, generation)
+
 
 def open_shards(root: Path) -> list[str]:
     """The shard folders of ``root`` whose files this process has open or mapped (``/proc/self``; Linux)."""
@@ -173,13 +225,14 @@ def open_shards(root: Path) -> list[str]:
 class RayBackend:
     """The ``search/backend.py`` operations over the deployments' handles (inside the ingress replica)."""
 
-    def __init__(self, root: str, encoder, groups: list, filter_keys: dict, modes: list[str], model: str,
-                 has_bm25: bool, timeout_s: float):
-        self.root, self.encoder, self.groups = root, encoder, groups
-        self.filter_keys, self.modes, self.model, self.has_bm25 = filter_keys, modes, model, has_bm25
-        self.timeout_s = timeout_s
+    def __init__(self, config: dict, encoder, groups: list, lexical=None):
+        self.root, self.encoder, self.groups, self.lexical = config["root"], encoder, groups, lexical
+        self.filter_keys, self.model = config["filter_keys"], config["model"]
+        self.mode, self.fusion, self.alpha = config["mode"], config["fusion"], config["alpha"]
+        self.fusion_depth, self.timeout_s = config["fusion_depth"], config["group_timeout_s"]
+        self.modes = list(MODES) if lexical is not None else ["dense"]
         self.generation: int | None = None
-        self.layout = [group_shards(len(mf.read_manifest(root)["shards"]), len(groups), g)
+        self.layout = [group_shards(len(mf.read_manifest(self.root)["shards"]), len(groups), g)
                        for g in range(len(groups))]
         self._syncing: asyncio.Lock | None = None
 
@@ -205,9 +258,12 @@ class RayBackend:
             response.cancel()
             raise Unavailable(f"{what} unavailable (no answer within {self.timeout_s:g} s); retry") from None
 
-    async def _all_groups(self, method: str, *args):
+    async def _all(self, method: str, *args, lexical: tuple | None = None):
+        """``method(*args)`` on every group (and, given its arguments, ``lexical``'s); results in that order."""
         calls = [self._call(describe(g, self.layout[g]), getattr(h, method).remote(*args))
                  for g, h in enumerate(self.groups)]
+        if lexical is not None:
+            calls.append(self._call("the BM25 index", getattr(self.lexical, lexical[0]).remote(*lexical[1:])))
         results = await asyncio.gather(*calls, return_exceptions=True)
         for r in results:  # the first failure, in group order (every call has finished)
             if isinstance(r, BaseException):
@@ -215,7 +271,7 @@ class RayBackend:
         return results
 
     async def _sync(self, force: bool = False) -> tuple[int | None, list[dict]]:
-        """Move every group to the datastore's current generation; ``(previous, infos)``."""
+        """Move every group (and the BM25 index) to the datastore's current generation; ``(previous, infos)``."""
         if self._syncing is None:
             self._syncing = asyncio.Lock()
         async with self._syncing:
@@ -223,9 +279,10 @@ class RayBackend:
             if previous is not None and not force:
                 return previous, []
             for _ in range(3):  # a change published between two groups' opening: open again
-                infos = await self._all_groups("prepare")
+                infos = await self._all("prepare", lexical=("prepare",) if self.lexical is not None else None)
                 generations = {i["generation"] for i in infos}
                 if len(generations) == 1:
+                    infos = infos[:len(self.groups)]
                     self.layout = [i["shards"] for i in infos]
                     self.generation = generations.pop()
                     return previous, infos
@@ -233,44 +290,97 @@ class RayBackend:
                               "while changes were being published; retry")
 
     # ------------------------------------------------------------------ the backend operations
-    def _check(self, queries: list[str], k: int, mode: str | None, filter: dict | None) -> None:
+    def _check(self, queries: list[str], k: int, mode: str | None, filter: dict | None) -> str:
+        """The Retriever's checks, in its order, with its messages (a 400 names the field)."""
         check_queries(queries, k)
-        mode = mode or "dense"
+        mode = mode or self.mode
         if mode not in MODES:
             raise DretrieverError(f"mode: expected one of {MODES}, got {mode!r}")
-        if mode != "dense":
-            if not self.has_bm25:
-                raise DretrieverError(f"mode: {mode!r} needs a BM25 index ({BM25_DIR}/; build the datastore "
-                                      "with --bm25)")
-            raise DretrieverError(f"mode: {mode!r} is not served by --engine ray (serve with --engine local "
-                                  "for BM25 and hybrid)")
-        parse_filter(filter, self.filter_keys)
+        if mode != "dense" and self.lexical is None:
+            raise DretrieverError(f"mode: {mode!r} needs a BM25 index ({BM25_DIR}/; build the datastore with --bm25)")
+        flt = parse_filter(filter, self.filter_keys)
+        if flt is not None and mode != "dense":
+            raise DretrieverError(f"filter: supported in dense mode only (Lucene holds no metadata columns), "
+                                  f"not {mode!r}")
+        return mode
 
-    async def _fan_out(self, vectors: np.ndarray, k: int, filter: dict | None):
+    async def _rows(self, queries: list[str], vectors, k: int, mode: str, filter: dict | None, generation: int):
+        """Per query, the hits (dicts) of ``mode`` on ``generation``; ``None`` when a part does not hold it."""
+        if mode == "dense":
+            parts = await self._all("search", vectors, k, filter, generation)
+            return None if any(p is None for p in parts) else merge(parts, k)
+        depth = k if mode == "bm25" else max(k, self.fusion_depth)
+        if mode == "bm25":
+            sparse = await self._call("the BM25 index", self.lexical.search.remote(queries, depth, generation))
+            dense = [[] for _ in queries]
+        else:
+            *parts, sparse = await self._all("search", vectors, depth, None, generation,
+                                             lexical=("search", queries, depth, generation))
+            if any(p is None for p in parts):
+                return None
+            dense = merge(parts, depth)
+        if sparse is None:
+            return None
+        rows = []
+        for d, s in zip(dense, sparse):
+            if mode == "bm25":
+                rows.append([(pid, score) for pid, score in s])
+            else:
+                rows.append(fuse({"q": [(h["id"], h["score"]) for h in d]}, {"q": s}, self.fusion, self.alpha,
+                                 k)["q"])
+        by_id = [{h["id"]: h for h in d} for d in dense]
+        missing = sorted({pid for row, known in zip(rows, by_id) for pid, _ in row if pid not in known})
+        found: dict = {}
+        if missing:  # BM25-only hits: the live row in the first shard holding it (groups in shard order)
+            answers = await self._all("live_texts", missing, generation)
+            if any(a is None for a in answers):
+                return None
+            for answer in reversed(answers):
+                found.update(answer)
+        out = []
+        for row, known in zip(rows, by_id):
+            hits = []
+            for pid, score in row:
+                if pid in known:
+                    hits.append({**known[pid], "score": score})
+                else:
+                    sh, rec = found.get(pid, (None, {"title": "", "text": "", "metadata": {}}))
+                    hits.append(Hit(pid, str(rec["metadata"].get("doc_id", pid)), score, rec["title"], rec["text"],
+                                    rec["metadata"], sh).to_dict())
+            out.append(hits)
+        return out
+
+    async def _answer(self, queries: list[str], vectors, k: int, mode: str, filter: dict | None):
         await self._sync()
         for _ in range(2):
             generation = self.generation
-            parts = await self._all_groups("search", vectors, k, filter, generation)
-            if all(p is not None for p in parts):
-                return merge(parts, k), generation
+            rows = await self._rows(queries, vectors, k, mode, filter, generation)
+            if rows is not None:
+                return rows, generation
             await self._sync(force=generation == self.generation)  # a replacement opened a newer generation
         raise Unavailable("the shard groups are changing generation; retry")
 
     async def search(self, query: str, k: int, mode: str | None, filter: dict | None):
-        self._check([query], k, mode, filter)
-        vector = await self._call("query encoder", self.encoder.encode_one.remote(query))
-        rows, generation = await self._fan_out(np.asarray(vector, dtype=np.float32)[None, :], k, filter)
+        mode = self._check([query], k, mode, filter)
+        vectors = None
+        if mode != "bm25":
+            vector = await self._call("the query encoder", self.encoder.encode_one.remote(query))
+            vectors = np.asarray(vector, dtype=np.float32)[None, :]
+        rows, generation = await self._answer([query], vectors, k, mode, filter)
         return rows[0], generation
 
     async def batch_search(self, queries: list[str], k: int, mode: str | None, filter: dict | None):
-        self._check(queries, k, mode, filter)
-        vectors = await self._call("query encoder", self.encoder.encode_many.remote(queries))
-        return await self._fan_out(np.asarray(vectors, dtype=np.float32), k, filter)
+        mode = self._check(queries, k, mode, filter)
+        vectors = None
+        if mode != "bm25":
+            vectors = np.asarray(await self._call("the query encoder", self.encoder.encode_many.remote(queries)),
+                                 dtype=np.float32)
+        return await self._answer(queries, vectors, k, mode, filter)
 
     async def health(self) -> dict:
         await self._sync()
         generation = self.generation
-        infos = await self._all_groups("info", generation)
+        infos = await self._all("info", generation)
         return {"passages": sum(i["passages"] for i in infos), "shards": sum(len(i["shards"]) for i in infos),
                 "modes": self.modes, "model": self.model, "generation": generation, "details": infos}
 
@@ -298,10 +408,9 @@ def merge(parts: list[list[list[dict]]], k: int) -> list[list[dict]]:
 class Ingress:
     """The HTTP API (``create_app``) over the encoder and shard-group handles."""
 
-    def __init__(self, config: dict, encoder, *groups):
+    def __init__(self, config: dict, encoder, lexical, *groups):
         self.config = config
-        self.backend = RayBackend(config["root"], encoder, list(groups), config["filter_keys"], config["modes"],
-                                  config["model"], config["has_bm25"], config["group_timeout_s"])
+        self.backend = RayBackend(config, encoder, list(groups), lexical)
 
     def __serve_build_asgi_app__(self):
         from ..search.server import create_app
@@ -314,12 +423,15 @@ class Ingress:
 
 def application(root: str | Path, *, name: str | None = None, api_key: str | None = None, max_k: int = 1000,
                 max_batch: int = 64, max_query_chars: int = 2000, max_body_bytes: int = 1 << 20,
-                shard_groups: int = 0, model: str | None = None, precision: str = "auto", batch_size: int = 128,
+                shard_groups: int = 0, mode: str = "dense", fusion: str = "rrf", alpha: float = 0.5,
+                fusion_depth: int = 100, model: str | None = None, precision: str = "auto", batch_size: int = 128,
                 max_tokens: int | str | None = "auto", backend: str | None = None, micro_batch: int = 32,
                 micro_batch_wait_ms: float = 2.0, search_params: dict | None = None, group_timeout_s: float = 30.0,
                 num_cpus: dict | None = None):
     """The Serve application for the datastore at ``root`` (bind it with :func:`run`). ``shard_groups`` 0: the
-    default, ``min(shards, 2)``; ``num_cpus``: logical CPUs per replica of ``encoder``, ``group``, ``ingress``."""
+    default, ``min(shards, 2)``; ``mode``: the default mode, ``fusion``/``alpha``/``fusion_depth``: hybrid's, as
+    in :class:`Retriever`; ``num_cpus``: logical CPUs per replica of ``encoder``, ``group``, ``lexical``,
+    ``ingress``."""
     root = Path(root).resolve()
     manifest = mf.read_manifest(root)
     num_shards = len(manifest["shards"])
@@ -327,7 +439,11 @@ def application(root: str | Path, *, name: str | None = None, api_key: str | Non
         raise DretrieverError(f"shard_groups: expected a positive number (0: default), got {shard_groups}")
     groups = max(1, min(shard_groups or DEFAULT_GROUPS, num_shards))
     has_bm25 = (root / (manifest.get("bm25") or BM25_DIR)).is_dir()
-    cpus = {"encoder": 0.5, "group": 0.25, "ingress": 0.25, **(num_cpus or {})}
+    if mode not in MODES or (mode != "dense" and not has_bm25):
+        raise DretrieverError(f"mode: {mode!r} is not one of {MODES} or needs a BM25 index ({BM25_DIR}/)")
+    if fusion not in FUSIONS or not 0.0 <= alpha <= 1.0:
+        raise DretrieverError(f"fusion: expected one of {FUSIONS} with alpha in [0, 1], got {fusion!r}, {alpha}")
+    cpus = {"encoder": 0.5, "group": 0.25, "lexical": 0.25, "ingress": 0.25, **(num_cpus or {})}
     encoder = QueryEncoder.options(ray_actor_options={"num_cpus": cpus["encoder"]}).bind(
         str(root), model, {"batch_size": batch_size, "precision": precision, "max_tokens": max_tokens,
                            "backend": backend}, micro_batch, micro_batch_wait_ms)
@@ -335,11 +451,12 @@ def application(root: str | Path, *, name: str | None = None, api_key: str | Non
         str(root), g, groups, search_params or {}) for g in range(groups)]
     config = {"root": str(root), "name": name or root.name, "api_key": api_key, "max_k": max_k,
               "max_batch": max_batch, "max_query_chars": max_query_chars, "max_body_bytes": max_body_bytes,
-              "filter_keys": manifest.get("filter_keys") or {}, "modes": ["dense"],
-              "model": str((manifest.get("encoder") or {}).get("model")), "has_bm25": has_bm25,
+              "filter_keys": manifest.get("filter_keys") or {}, "mode": mode, "fusion": fusion, "alpha": alpha,
+              "fusion_depth": fusion_depth, "model": str((manifest.get("encoder") or {}).get("model")),
               "group_timeout_s": group_timeout_s}
-    return serve.deployment(Ingress, max_ongoing_requests=512,
-                            ray_actor_options={"num_cpus": cpus["ingress"]}).bind(config, encoder, *group_apps)
+    lexical = Lexical.options(ray_actor_options={"num_cpus": cpus["lexical"]}).bind(str(root)) if has_bm25 else None
+    return serve.deployment(Ingress, max_ongoing_requests=512, ray_actor_options={"num_cpus": cpus["ingress"]}).bind(
+        config, encoder, lexical, *group_apps)
 
 
 def run(app, host: str = "127.0.0.1", port: int = 8000, name: str = APP_NAME, log_level: str = "info"):
