@@ -168,7 +168,7 @@ def recovery(outcomes: list[tuple[float, int | None, str | None]], killed_at: fl
     recovered = 0.0
     if failed:
         later = [t for t, _, problem in after if problem is None and t > failed[-1][0]]
-        recovered = (later[0] - killed_at) if later else None
+        recovered = round(later[0] - killed_at, 2) if later else None
     return {"failed": len(failed), "statuses": dict(statuses), "messages": messages, "recovered_s": recovered}
 
 

@@ -246,8 +246,8 @@ class RayBackend:
             return await asyncio.wait_for(_awaited(response), self.timeout_s)
         except rex.RayTaskError as e:
             cause = getattr(e, "cause", None)
-            if isinstance(cause, DretrieverError):
-                raise type(cause)(str(cause)) from None
+            if isinstance(cause, DretrieverError):  # a 400 (or 503) raised in the replica: the same answer here
+                raise (Unavailable if isinstance(cause, Unavailable) else DretrieverError)(str(cause)) from None
             if isinstance(cause, (rex.RayActorError, sex.RayServeException)):
                 raise Unavailable(f"{what} unavailable ({type(cause).__name__}); retry") from None
             raise
@@ -263,7 +263,7 @@ class RayBackend:
         calls = [self._call(describe(g, self.layout[g]), getattr(h, method).remote(*args))
                  for g, h in enumerate(self.groups)]
         if lexical is not None:
-            calls.append(self._call("the BM25 index", getattr(self.lexical, lexical[0]).remote(*lexical[1:])))
+            calls.append(self._call("BM25 index", getattr(self.lexical, lexical[0]).remote(*lexical[1:])))
         results = await asyncio.gather(*calls, return_exceptions=True)
         for r in results:  # the first failure, in group order (every call has finished)
             if isinstance(r, BaseException):
@@ -311,7 +311,7 @@ class RayBackend:
             return None if any(p is None for p in parts) else merge(parts, k)
         depth = k if mode == "bm25" else max(k, self.fusion_depth)
         if mode == "bm25":
-            sparse = await self._call("the BM25 index", self.lexical.search.remote(queries, depth, generation))
+            sparse = await self._call("BM25 index", self.lexical.search.remote(queries, depth, generation))
             dense = [[] for _ in queries]
         else:
             *parts, sparse = await self._all("search", vectors, depth, None, generation,
@@ -364,7 +364,7 @@ class RayBackend:
         mode = self._check([query], k, mode, filter)
         vectors = None
         if mode != "bm25":
-            vector = await self._call("the query encoder", self.encoder.encode_one.remote(query))
+            vector = await self._call("query encoder", self.encoder.encode_one.remote(query))
             vectors = np.asarray(vector, dtype=np.float32)[None, :]
         rows, generation = await self._answer([query], vectors, k, mode, filter)
         return rows[0], generation
@@ -373,7 +373,7 @@ class RayBackend:
         mode = self._check(queries, k, mode, filter)
         vectors = None
         if mode != "bm25":
-            vectors = np.asarray(await self._call("the query encoder", self.encoder.encode_many.remote(queries)),
+            vectors = np.asarray(await self._call("query encoder", self.encoder.encode_many.remote(queries)),
                                  dtype=np.float32)
         return await self._answer(queries, vectors, k, mode, filter)
 
@@ -463,7 +463,16 @@ def run(app, host: str = "127.0.0.1", port: int = 8000, name: str = APP_NAME, lo
     """Start Serve's HTTP proxy on ``host:port`` (in the connected cluster) and deploy ``app`` at ``/``; returns
     once it is running. In a cluster where Serve already runs, its proxy keeps the address it was started with.
     ``log_level`` below info also turns off the replicas' per-request access log."""
+    import httpx
+
     serve.start(http_options={"host": host, "port": port})
     quiet = log_level.upper() not in ("DEBUG", "INFO")
-    return serve.run(app, name=name, route_prefix="/", blocking=False,
-                     logging_config={"log_level": log_level.upper(), "enable_access_log": not quiet})
+    handle = serve.run(app, name=name, route_prefix="/", blocking=False,
+                       logging_config={"log_level": log_level.upper(), "enable_access_log": not quiet})
+    probe = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/-/healthz"
+    try:
+        httpx.get(probe, timeout=10)
+    except httpx.HTTPError:
+        log.warning("nothing answers %s: Serve in this cluster may have been started with another HTTP address "
+                    "(its proxy keeps the first one; `serve shutdown` to change it)", probe)
+    return handle
