@@ -68,7 +68,7 @@ def on_ray(ray_cluster, datastore):
     port = sock.getsockname()[1]
     sock.close()
     app = application(datastore, api_key=KEY, shard_groups=2, precision="fp32", group_timeout_s=10,
-                      micro_batch=8, micro_batch_wait_ms=5, **LIMITS)
+                      micro_batch=8, micro_batch_wait_ms=50, **LIMITS)
     run(app, host="127.0.0.1", port=port)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60) as client:
@@ -125,9 +125,16 @@ def test_bm25_and_hybrid_answer_as_the_single_process_server(on_ray, local, quer
 def test_concurrent_searches_are_batched_by_the_encoder_and_answer_the_same(on_ray, local, queries):
     from concurrent.futures import ThreadPoolExecutor
 
+    from ray import serve
+
+    encoder = serve.get_deployment_handle("QueryEncoder", app_name="dretriever")
+    before = encoder.stats.remote().result()["batches"]
+    requests = queries * 2
     with ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(lambda q: on_ray.post("/search", json={"query": q, "k": 5}).json(), queries))
-    same_answers(got, [local.post("/search", json={"query": q, "k": 5}).json() for q in queries])
+        got = list(pool.map(lambda q: on_ray.post("/search", json={"query": q, "k": 5}).json(), requests))
+    batches = encoder.stats.remote().result()["batches"] - before
+    same_answers(got, [local.post("/search", json={"query": q, "k": 5}).json() for q in requests])
+    assert 1 <= batches < len(requests)  # @serve.batch gathered concurrent queries into shared forwards
 
 
 @pytest.mark.parametrize("path, body, headers", [
