@@ -12,12 +12,14 @@ requests get a 4xx whose message names the field: 422 for wrong types or values,
 
 Living datastores: ``filter`` (dense mode) restricts hits by metadata (``index/filters.py``; an unknown key or a
 wrong value type is a 422 naming ``filter.KEY``). ``POST /admin/reload`` (only when an API key is configured)
-opens the datastore's current generation and swaps it in atomically: a request holds the Retriever it started
-with, so requests in flight finish on the old generation. Every answer names the generation it was served
+opens the datastore's current generation and swaps it in atomically: a request keeps the generation it started
+with (the local backend's Retriever; with Ray every group keeps the previous generation open), so requests in
+flight finish on the old generation. Every answer names the generation it was served
 from (``generation`` in the body, ``X-Dretriever-Generation`` header).
 
 Micro-batching (``search/batcher.py``, on by default): concurrent ``/search`` requests with the same options
-are answered by one ``batch_search`` call, one encoder forward and one search per shard, all on one generation.
+are answered by one ``batch_search`` call, one encoder forward and one search per shard, all on one generation
+(with Ray, ``@serve.batch`` gathers the queries into shared encoder forwards).
 """
 
 
