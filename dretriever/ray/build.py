@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +138,12 @@ class RayBuilder(Builder):
         total = {i: manifest["shards"][i]["num_docs"] for i in next_row}
         bar = tqdm(total=sum(c["stop"] - c["start"] for c in chunks), desc="encode (ray)", unit="passage",
                    disable=not self.s.progress)
+        first, rows_after_first = None, 0  # steady-state rate: from the first chunk back (actors started)
         for row in staged_iter(dataset.iter_rows(), "encode"):  # the driver's wait for the actors
+            if first is None:
+                first = time.perf_counter()
+            else:
+                rows_after_first += int(row["stop"]) - int(row["start"])
             i, start, stop = int(row["shard"]), int(row["start"]), int(row["stop"])
             vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(stop - start, self.dim)
             waiting.setdefault(i, {})[start] = (stop, vectors)
@@ -158,6 +164,10 @@ class RayBuilder(Builder):
                     on_shard_encoded(i)
             trim_heap()
         bar.close()
+        if first is not None and rows_after_first:
+            seconds = time.perf_counter() - first
+            log.info("ray: steady encoding %.1f passages/s (%d passages after the first chunk, %.1f s, %d actors)",
+                     rows_after_first / seconds, rows_after_first, seconds, workers)
         short = {i: (next_row[i], total[i]) for i in next_row if next_row[i] != total[i]}
         if short:
             raise DretrieverError(f"ray: chunks missing after encoding (shard: encoded, rows): {short}")
