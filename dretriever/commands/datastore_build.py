@@ -8,7 +8,12 @@ from ..index.datastore import DatastoreArgs, build_datastore
 
 def main(argv) -> int:
     args = parse(DatastoreArgs, argv)
-    manifest = build_datastore(args)
+    builder = None
+    if args.engine == "ray":
+        from ..ray.build import ray_builder
+
+        builder = ray_builder(args)
+    manifest = build_datastore(args, builder=builder)
     total = sum(s["num_docs"] for s in manifest["shards"])
     extra = " + BM25" if args.bm25 else ""
     print(f"{args.output}: {total} passages in {manifest['num_shards']} shards ({args.factory}{extra})")

@@ -8,14 +8,16 @@ from pathlib import Path
 from ..cli import parse
 from ..data.beir import load_corpus
 from ..encoder import BiEncoder
+from ..engine import EngineArgs
+from ..errors import DretrieverError
 from ..index.build import build_index, corpus_source
 from ..token_batches import parse_max_tokens
 
 
 @dataclass
-class IndexBuildArgs:
-    corpus: str = field(metadata={"help": "BEIR corpus.jsonl, or a BEIR dataset folder"})
-    output: str = field(metadata={"help": "index folder (manifest.json + shard-NNNNN/)"})
+class IndexBuildArgs(EngineArgs):
+    corpus: str = field(default="", metadata={"help": "BEIR corpus.jsonl, or a BEIR dataset folder"})
+    output: str = field(default="", metadata={"help": "index folder (manifest.json + shard-NNNNN/)"})
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     shards: int = 4
     factory: str = field(default="Flat", metadata={"help": "faiss index_factory string"})
@@ -28,6 +30,11 @@ class IndexBuildArgs:
     train_sample: int | None = field(default=None, metadata={"help": "vectors to train IVF/PQ on"})
     overwrite: bool = False
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.corpus or not self.output:
+            raise DretrieverError("corpus and output: both are required (--corpus PATH --output FOLDER)")
+
 
 def main(argv) -> int:
     args = parse(IndexBuildArgs, argv)
@@ -36,11 +43,16 @@ def main(argv) -> int:
         path = path / "corpus.jsonl"
     corpus = load_corpus(path)
     encoder = BiEncoder.from_pretrained(args.model, backend=args.backend)
+    builder = None
+    if args.engine == "ray":
+        from ..ray.build import ray_builder
+
+        builder = ray_builder(args, backend=args.backend)
     source = corpus_source(corpus, args.shards, {"path": str(path.resolve())})
     manifest = build_index(source, encoder, args.output, model=args.model, factory=args.factory,
                            batch_size=args.batch_size, precision=args.precision,
                            train_sample=args.train_sample, overwrite=args.overwrite,
-                           max_tokens=parse_max_tokens(args.max_tokens))
+                           max_tokens=parse_max_tokens(args.max_tokens), builder=builder)
     total = sum(s["num_docs"] for s in manifest["shards"])
     print(f"{args.output}: {total} documents in {manifest['num_shards']} shards ({args.factory})")
     return 0

@@ -192,15 +192,18 @@ def build_index(source: ShardedSource, encoder, out: str | Path, model: str | No
                 batch_size: int = 64, precision: str = "auto", chunk_docs: int = 512,
                 train_sample: int | None = None, overwrite: bool = False, progress: bool = True,
                 seed: int = 0, keep_vectors: str = "none", filter_keys: dict | None = None,
-                trained_from: str | Path | None = None, max_tokens: int | str | None = "auto") -> dict:
+                trained_from: str | Path | None = None, max_tokens: int | str | None = "auto",
+                builder: Callable[..., "Builder"] | None = None) -> dict:
     """Build (or resume with identical settings) the index of ``source`` in ``out``; returns the manifest.
 
     ``encoder`` encodes the rows' text; it may be ``None`` when the source carries vectors (an import),
     and ``model`` then names the encoder to record (or ``None``: the index serves vector queries only).
+    ``builder`` makes the :class:`Builder` (``builder(source, encoder, out, model, settings)``; default: this
+    machine's processes; ``ray/build.py`` gives one that runs on a Ray cluster).
     """
     settings = BuildSettings(factory, batch_size, precision, chunk_docs, train_sample, keep_vectors, seed, progress,
                              filter_keys or {}, str(trained_from) if trained_from else None, max_tokens)
-    return Builder(source, encoder, Path(out), model, settings).run(overwrite)
+    return (builder or Builder)(source, encoder, Path(out), model, settings).run(overwrite)
 
 
 class Builder:
@@ -242,15 +245,7 @@ class Builder:
             if needs_training(self.s.factory, self.dim) and not mf.read_manifest(self.out)["faiss"]["trained_index"]:
                 self._train()
         d.barrier()
-        manifest = mf.read_manifest(self.out)
-        mine = range(d.rank, self.source.num_shards, d.world)
-        for i in tqdm(mine, desc="shards", unit="shard", disable=not self.s.progress or d.rank != 0):
-            entry = manifest["shards"][i]
-            if entry["state"] == "done":
-                log.info("%s: done, skipped", entry["dir"])
-                continue
-            self._encode_shard(i)
-            self._finish_shard(i)
+        self._build_shards(mf.read_manifest(self.out))
         d.barrier()
         if d.rank == 0:
             manifest = mf.read_manifest(self.out)
@@ -260,6 +255,19 @@ class Builder:
             mf.update_manifest(self.out, lambda m: m.update(complete=True))
         d.barrier()
         return mf.read_manifest(self.out)
+
+    def _build_shards(self, manifest: dict) -> None:
+        """Encode and finish the shards not done yet: rank ``r`` of ``w`` takes shards ``r, r+w, ...``
+        (``ray/build.py`` overrides this with a Ray Data pipeline)."""
+        d = self.dist
+        mine = range(d.rank, self.source.num_shards, d.world)
+        for i in tqdm(mine, desc="shards", unit="shard", disable=not self.s.progress or d.rank != 0):
+            entry = manifest["shards"][i]
+            if entry["state"] == "done":
+                log.info("%s: done, skipped", entry["dir"])
+                continue
+            self._encode_shard(i)
+            finish_shard(self.out, i, self.dim, self.s)
 
     # ------------------------------------------------------------------ phases
     def _prepare(self, overwrite: bool) -> None:
@@ -461,53 +469,62 @@ class Builder:
         bar.close()
         appender.close()
         store.close()
+def finish_shard(out: Path, i: int, dim: int, settings: BuildSettings) -> None:
+    """Write shard ``i``'s faiss index, docids and doc-store columns from its encoded vectors, take checksums,
+    rename the staging folder to ``shard-NNNNN`` and mark the shard done. Idempotent: a rerun after a kill at
+    any point (even after the rename) finishes the shard (a Ray task is retried this way)."""
+    out = Path(out)
+    part, name = partial_dir(out, i), mf.shard_dir_name(i)
+    entry = mf.read_manifest(out)["shards"][i]
+    if entry["state"] == "done":
+        return
+    if not part.is_dir() and (out / name).is_dir():  # killed between the rename and the commit
+        os.replace(out / name, part)
+    for stale in part.glob(".*.tmp-*"):  # a killed attempt's half-written file
+        stale.unlink()
+    vectors = vf.open_vectors(part / vf.WORK, dim)
+    if len(vectors) != entry["num_docs"]:
+        raise DretrieverError(f"{part}: {len(vectors)} vectors for {entry['num_docs']} staged rows")
+    if (out / TRAINED).is_file():
+        index = faiss.read_index(str(out / TRAINED))
+    else:
+        index = faiss.index_factory(dim, settings.factory, faiss.METRIC_INNER_PRODUCT)
+    with stage("index"):
+        for start in range(0, len(vectors), 65536):
+            index.add(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32))
+    with stage("write"):
+        tmp = part / f".index.tmp-{os.getpid()}"
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, part / "index")
+        del index
+        store = DocStore(part / DOCSTORE)
+        write_docids(part, (docid for docid, _ in store.rows()))
+        store.close()
+        finalize_docstore(part / DOCSTORE, settings.filter_keys)
+        files = list(mf.SHARD_FILES)
+        if settings.keep_vectors != "none":
+            kept = vf.filename(settings.keep_vectors)
+            if kept != vf.WORK:
+                vf.convert(part / vf.WORK, part / kept, dim)
+            files.append(kept)
+        fsync_dir(part)
+    with stage("checksum"):
+        sums = {f: sha256_file(part / f) for f in files}
+    sizes = {f: (part / f).stat().st_size for f in files}
+    final = out / name
+    if final.exists():  # a stale shard from a crashed run, never marked done
+        shutil.rmtree(final)
+    os.replace(part, final)
+    fsync_dir(out)
 
-    def _finish_shard(self, i: int) -> None:
-        out, dim = self.out, self.dim
-        part, name = partial_dir(out, i), mf.shard_dir_name(i)
-        entry = mf.read_manifest(out)["shards"][i]
-        vectors = vf.open_vectors(part / vf.WORK, dim)
-        if len(vectors) != entry["num_docs"]:
-            raise DretrieverError(f"{part}: {len(vectors)} vectors for {entry['num_docs']} staged rows")
-        if (out / TRAINED).is_file():
-            index = faiss.read_index(str(out / TRAINED))
-        else:
-            index = faiss.index_factory(dim, self.s.factory, faiss.METRIC_INNER_PRODUCT)
-        with stage("index"):
-            for start in range(0, len(vectors), 65536):
-                index.add(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32))
-        with stage("write"):
-            tmp = part / f".index.tmp-{os.getpid()}"
-            faiss.write_index(index, str(tmp))
-            os.replace(tmp, part / "index")
-            del index
-            store = DocStore(part / DOCSTORE)
-            write_docids(part, (docid for docid, _ in store.rows()))
-            store.close()
-            finalize_docstore(part / DOCSTORE, self.s.filter_keys)
-            files = list(mf.SHARD_FILES)
-            if self.s.keep_vectors != "none":
-                kept = vf.filename(self.s.keep_vectors)
-                if kept != vf.WORK:
-                    vf.convert(part / vf.WORK, part / kept, dim)
-                files.append(kept)
-            fsync_dir(part)
-        with stage("checksum"):
-            sums = {f: sha256_file(part / f) for f in files}
-        sizes = {f: (part / f).stat().st_size for f in files}
-        final = out / name
-        if final.exists():  # a stale shard from a crashed run, never marked done
-            shutil.rmtree(final)
-        os.replace(part, final)
-        fsync_dir(out)
+    def mark_done(m):
+        m["shards"][i].update(state="done", sha256=sums, bytes=sizes,
+                              vectors=vf.filename(settings.keep_vectors) if settings.keep_vectors != "none" else None,
+                              finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    mf.update_manifest(out, mark_done)
+    if vf.WORK not in files and (final / vf.WORK).exists():
+        os.unlink(final / vf.WORK)
 
-        def mark_done(m):
-            m["shards"][i].update(state="done", sha256=sums, bytes=sizes,
-                                  vectors=vf.filename(self.s.keep_vectors) if self.s.keep_vectors != "none" else None,
-                                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        mf.update_manifest(out, mark_done)
-        if vf.WORK not in files and (final / vf.WORK).exists():
-            os.unlink(final / vf.WORK)
 
 
 def _commit_chunk(entry: dict, start: int, stop: int, run_id: str) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..data.beir import Document
 from ..data.readers import FORMATS, Fields, describe, read_records
 from ..encoder import BiEncoder
+from ..engine import EngineArgs
 from ..errors import DataError, DretrieverError
 from ..stages import stage
 from ..token_batches import parse_max_tokens
@@ -38,7 +39,7 @@ BM25_DIR = "bm25"
 
 
 @dataclass
-class DatastoreArgs:
+class DatastoreArgs(EngineArgs):
     sources: list[str] = field(default_factory=list, metadata={"help": "JSONL/Parquet files or text-file folders"})
     output: str = field(default="", metadata={"help": "datastore folder (manifest.json, shard-NNNNN/, bm25/)"})
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -66,6 +67,7 @@ class DatastoreArgs:
     progress: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.sources:
             raise DretrieverError("sources: name at least one JSONL/Parquet file or text folder")
         if not self.output:
@@ -141,9 +143,11 @@ def passage_source(args: DatastoreArgs, chunker: Chunker) -> ShardedSource:
     return ShardedSource(args.shards, lambda: iter_batches(rows()), description, locate=locate)
 
 
-def build_datastore(args: DatastoreArgs, encoder: BiEncoder | None = None, trained_from: Path | None = None) -> dict:
+def build_datastore(args: DatastoreArgs, encoder: BiEncoder | None = None, trained_from: Path | None = None,
+                    builder=None) -> dict:
     """Build (or resume) the datastore described by ``args``; returns its manifest. ``trained_from``: an IVF
-    quantizer to reuse instead of training one (the new shards of an add)."""
+    quantizer to reuse instead of training one (the new shards of an add); ``builder``: see ``build_index``
+    (the command passes Ray's for ``--engine ray``)."""
     if encoder is None:
         with stage("load"):
             encoder = BiEncoder.from_pretrained(args.model)
@@ -152,7 +156,8 @@ def build_datastore(args: DatastoreArgs, encoder: BiEncoder | None = None, train
                            batch_size=args.batch_size, precision=args.precision, chunk_docs=args.chunk_docs,
                            train_sample=args.train_sample, overwrite=args.overwrite, progress=args.progress,
                            keep_vectors=args.keep_vectors, filter_keys=args.filter_key_types,
-                           trained_from=trained_from, max_tokens=parse_max_tokens(args.max_tokens))
+                           trained_from=trained_from, max_tokens=parse_max_tokens(args.max_tokens),
+                           builder=builder)
     if args.bm25:
         root = Path(args.output)
         build_bm25_from_shards(root, manifest, BM25_DIR)

@@ -16,8 +16,6 @@ import os
 from ..errors import DretrieverError
 
 log = logging.getLogger(__name__)
-ENGINES = ("local", "ray")
-
 
 def require_ray():
     """The ``ray`` module, or a clear error saying how to install it."""
@@ -26,12 +24,6 @@ def require_ray():
     except ImportError:
         raise DretrieverError("engine: 'ray' needs Ray; install it with: pip install 'dretriever[ray]'") from None
     return ray
-
-
-def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
-        raise DretrieverError(f"engine: expected one of {ENGINES}, got {engine!r}")
-    return engine
 
 
 def connect(address: str | None = None):
