@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import parse
+from ..engine import ENGINES
 from ..errors import DretrieverError
 from ..search.retriever import FUSIONS, MODES, Retriever
 from ..search.server import API_KEY_ENV, create_app
@@ -64,9 +65,10 @@ class ServeArgs:
             raise DretrieverError("max_k, max_batch, max_query_chars and max_body_bytes must be positive")
         if self.micro_batch < 0 or self.micro_batch_wait_ms < 0:
             raise DretrieverError("micro_batch and micro_batch_wait_ms must not be negative")
-        from ..ray import check_engine
-
-        check_engine(self.engine)
+        if self.engine not in ENGINES:
+            raise DretrieverError(f"engine: expected one of {ENGINES}, got {self.engine!r}")
+        if self.address and self.engine != "ray":
+            raise DretrieverError("address: only used with --engine ray")
         if self.shard_groups < 0 or self.group_timeout_s <= 0:
             raise DretrieverError("shard_groups must not be negative and group_timeout_s must be positive")
 
