@@ -1,6 +1,6 @@
 """``serve --engine ray``: the HTTP API of ``search/server.py`` as a Ray Serve application over a datastore.
 
-Three kinds of deployment, each a Ray actor (replica) that Serve restarts when it dies:
+The deployments, each a Ray actor (replica) that Serve restarts when it dies:
 
 - ``QueryEncoder``: the index's query encoder (``encoder_for_index``, encoding with ``encode_queries`` and the
   same batch size, precision and token budget as ``search/dense.py``, so the vectors are the single-process
@@ -13,7 +13,9 @@ Three kinds of deployment, each a Ray actor (replica) that Serve restarts when i
 - ``Ingress``: the FastAPI app of ``create_app`` (``@serve.ingress``, built on the replica around a
   :class:`RayBackend`): it fans the query vectors out to every group and merges their top-k exactly as
   ``ShardedIndex`` merges shards (score, then shard order, then in-shard order: ranges are contiguous and
-  concatenated in order, so a stable sort gives the single-process order).
+  concatenated in order, so a stable sort gives the single-process order). Exact indexes (Flat) give the
+  single-process answers; with approximate ones each group plans its own search (re-ranking its own top-R, the
+  exact filtered scan when *its* matching rows are few), so a group is at least as thorough as one process.
 
 A group that is down (its actor died, or it gives no answer within ``group_timeout_s``) makes the request a 503
 naming it ("shard group 1 (shards 2-3) unavailable; retry"); a partial top-k is never returned. A replacement
