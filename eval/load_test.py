@@ -70,6 +70,8 @@ class LoadArgs:
     kill_group_after: float = field(default=0.0, metadata={"help": "engine ray: SIGKILL a shard-group replica "
                                                                   "this many seconds into the load (0: off)"})
     kill_group: int = field(default=-1, metadata={"help": "the shard group to kill (-1: the last)"})
+    warmup: int = field(default=8, metadata={"help": "requests sent (and not counted) before the load: the first "
+                                                    "ones pay one-time costs (Ray: the groups' first open)"})
 
     def __post_init__(self):
         if not 0 < self.duration <= 600 or self.max_requests < 1 or self.clients < 1:
@@ -181,6 +183,9 @@ def serve_and_load(args: LoadArgs, queries: list[str], micro_batch: int, engine:
     kill_after = args.kill_group_after if engine == "ray" else 0.0
     with serving(args.index, key, options, engine, args.address, args.startup_timeout) as url:
         rejections = check_rejections(url, key)
+        for i in range(args.warmup):
+            httpx.post(f"{url}/search", json={"query": queries[i % len(queries)], "k": args.k},
+                       headers={"X-API-Key": key}, timeout=120)
         return {"engine": engine, "micro_batch": micro_batch, "rejections": rejections,
                 **run_load(url, key, queries, args, kill_after)}
 
