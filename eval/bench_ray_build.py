@@ -11,7 +11,8 @@ precision:
 Reported per configuration (medians): the whole build's passages/s (model loads, staging, actor start-up,
 finishing shards) and the encode phase's (``dretriever.stages`` "encode": the chunks' wall time as the driver
 sees it), per worker and in all; ratio to ``local``; and Ray's steady rate (passages after the first chunk came
-back over the time since: actor start-up and model loads excluded; for ``local`` the encode phase's rate). The figures are the input of README "Scaling out"
+back over the time since: actor start-up and model loads excluded; for ``local`` the encode phase's rate).
+The figures are the input of README "Scaling out"
 (a worker's passages/s -> workers for a corpus). Run it on a quiet machine:
 
     python eval/bench_ray_build.py --docs 600 --runs 3
@@ -125,7 +126,8 @@ def main(argv) -> int:
     write_json_atomic(out / "build.json", report)
     lines = [f"# Datastore build: local vs Ray ({args.docs} SciFact documents, {args.model}, {args.precision})", "",
              f"`{report['command']}` (medians of {args.runs} runs)", "", describe(info).replace("\n", "  \n"), "",
-             "| engine | workers | build passages/s | encode passages/s | per worker | encode vs local | steady passages/s |",
+             "| engine | workers | build passages/s | encode passages/s | per worker | encode vs local "
+             "| steady passages/s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['config']} | {r['workers']} | {r['build_passages_per_s']:.1f} | {r['encode_passages_per_s']:.1f} "
               f"| {r['encode_passages_per_s_per_worker']:.1f} | x{r['encode_ratio_to_local']:.2f} "

@@ -123,15 +123,24 @@ class RayBuilder(Builder):
             raise DretrieverError("an encoder is needed to encode on Ray")
         workers, cpus, gpus = self._workers(ray)
         log.info("ray: encoding %d chunks with %d actors (%g CPU, %g GPU each)", len(chunks), workers, cpus, gpus)
-        ctx = ray.data.DataContext.get_current()
+        ctx = ray.data.DataContext.get_current()  # this process's; restored after the build
+        saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
         ctx.execution_options.preserve_order = True  # chunks come back in order: the driver commits as they come
         ctx.enable_progress_bars = False
-        dataset = ray.data.from_items(chunks).map_batches(
-            EncodeChunks, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus,
-            fn_constructor_kwargs=dict(out=str(self.out), model=self.model, fingerprint=self.info["fingerprint"],
-                                       backend=self.backend, batch_size=self.s.batch_size,
-                                       precision=self.s.precision, max_tokens=self.s.max_tokens,
-                                       threads=max(1, int(cpus))))
+        try:  # the context is read when the dataset is made
+            dataset = ray.data.from_items(chunks).map_batches(
+                EncodeChunks, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus,
+                num_gpus=gpus,
+                fn_constructor_kwargs=dict(out=str(self.out), model=self.model, fingerprint=self.info["fingerprint"],
+                                           backend=self.backend, batch_size=self.s.batch_size,
+                                           precision=self.s.precision, max_tokens=self.s.max_tokens,
+                                           threads=max(1, int(cpus))))
+            self._commit_chunks(dataset, chunks, manifest, on_shard_encoded, workers)
+        finally:
+            ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+    def _commit_chunks(self, dataset, chunks: list[dict], manifest: dict, on_shard_encoded, workers: int) -> None:
+        """Append each chunk's vectors to its shard and commit it in the manifest, in row order."""
         appenders: dict[int, vf.VectorAppender] = {}
         waiting: dict[int, dict[int, tuple[int, np.ndarray]]] = {}  # shard -> start -> (stop, vectors): out of order
         next_row = {c["shard"]: manifest["shards"][c["shard"]]["encoded"] for c in chunks}
