@@ -15,7 +15,7 @@ back over the time since: actor start-up and model loads excluded; for ``local``
 The figures are the input of README "Scaling out"
 (a worker's passages/s -> workers for a corpus). Run it on a quiet machine:
 
-    python eval/bench_ray_build.py --docs 600 --runs 3
+    python eval/bench_ray_build.py --docs 300 --runs 3
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from eval.hardware import describe, machine  # noqa: E402
 class RayBenchArgs:
     corpus: str = field(default_factory=lambda: os.path.join(os.environ.get("BEIR_DATA", "../shared/beir"),
                                                              "scifact", "corpus.jsonl"))
-    docs: int = 600
+    docs: int = 300
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     precision: str = "fp32"
     shards: int = 4
