@@ -159,11 +159,11 @@ class DenseScorer:
     def run(self, queries: dict[str, str], k: int, extra: dict[str, set[str]]) -> Run:
         qids = list(queries)
         qvecs = self.searcher.encode([queries[q] for q in qids])
-        scores, hits = self.searcher.index.search(qvecs, k)
+        rows = self.searcher.index.rows(*self.searcher.index.search_arrays(qvecs, k))
         run: Run = {}
         missing: list[tuple[int, str]] = []
-        for n, (qid, row, srow) in enumerate(zip(qids, hits, scores)):
-            run[qid] = [(self.searcher.index.docid(sh, pos), float(s)) for (sh, pos), s in zip(row, srow)]
+        for n, (qid, row) in enumerate(zip(qids, rows)):
+            run[qid] = [(docid, score) for docid, score, _ in row]
             have = {d for d, _ in run[qid]}
             missing += [(n, d) for d in sorted(extra.get(qid, set()) - have)]
         if missing:

@@ -1,7 +1,8 @@
 """Search benchmark: the Retriever API against Pyserini on SciFact, and Flat/HNSW/IVF-PQ on synthetic vectors.
 
-Part ``scifact`` (one run, medians of ``--repeats`` timings, same machine and process, every side at
-``--precision``): the API's ``batch_search`` over the 300 test queries at k=1000 *including query encoding*
+Part ``scifact`` (one run, same machine and process, every side at ``--precision``; each setting of the
+sweeps timed ``--repeats`` times, then the three sides at their best timed in turn in each of ``--repeats``
+rounds, medians reported): the API's ``batch_search`` over the 300 test queries at k=1000 *including query encoding*
 (at its best ``--max_tokens`` budget), against (1) Pyserini's ``FaissSearcher.batch_search`` over the same
 vectors (the shards merged into one Pyserini index directory) with its ``AutoQueryEncoder`` (under the same
 autocast), and (2) sentence-transformers ``encode()`` at its best backend and batch size (swept) followed
@@ -60,10 +61,10 @@ class BenchArgs:
     part: str = field(default="scifact", metadata={"help": "scifact | synthetic"})
     precision: str = field(default="fp32", metadata={"help": "fp32 | bf16: every side of part scifact"})
     backend: str = field(default="", metadata={"help": "dretriever's query backend (default: the index's)"})
-    max_tokens: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192],
+    max_tokens: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096],
                                   metadata={"help": "dretriever token budgets to sweep (0: fixed batches of 128)"})
     st_backends: list[str] = field(default_factory=lambda: ["torch", "onnx", "openvino"])
-    st_batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 16, 32, 64, 128])
+    st_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
     index: str = "/tmp/indexes/scifact.all-MiniLM-L6-v2.Flat.s4"
     data: str = field(default_factory=lambda: os.path.join(os.environ.get("BEIR_DATA", "../shared/beir"), "scifact"))
     k: int = 1000
@@ -97,6 +98,18 @@ def timed(fn, repeats: int):
         result = fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), times, result
+
+
+def interleaved(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
+    """Seconds of each call per round (``repeats`` rounds, every function once per round, in turn) and each
+    function's last result."""
+    times, results = {name: [] for name in fns}, {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return times, results
 
 
 # ---------------------------------------------------------------- part a: SciFact
@@ -157,16 +170,14 @@ def bench_scifact(args: BenchArgs) -> dict:
           f"side, backend {retriever.dense.encoder.backend}", flush=True)
     retriever.batch_search(texts[:8], 10)  # warm-up
 
-    # our side at its best token budget (one timing each on all queries)
+    # our side at its best token budget (median of --repeats timings each on all queries)
     sweep = {}
     for budget in args.max_tokens:
         retriever.dense.max_tokens = budget or None
-        t = time.perf_counter()
-        retriever.batch_search(texts, args.k, with_text=False)
-        sweep[f"dretriever max_tokens {budget}"] = len(texts) / (time.perf_counter() - t)
+        secs = timed(lambda: retriever.batch_search(texts, args.k, with_text=False), args.repeats)[0]
+        sweep[f"dretriever max_tokens {budget}"] = len(texts) / secs
     best_budget = max(args.max_tokens, key=lambda b: sweep[f"dretriever max_tokens {b}"])
     retriever.dense.max_tokens = best_budget or None
-    api_s, api_all, api = timed(lambda: retriever.batch_search(texts, args.k, with_text=False), args.repeats)
     text_s, text_all, _ = timed(lambda: retriever.batch_search(texts, args.k), args.repeats)
     qvecs = retriever.dense.encode(texts)
     only_s, only_all, _ = timed(lambda: retriever.index.search(qvecs, args.k), args.repeats)
@@ -175,18 +186,13 @@ def bench_scifact(args: BenchArgs) -> dict:
     st_encoders = st_query_encoders(args, resolve_model(enc["model"]), enc["query_prefix"])
     index = retriever.index
 
-    def st_search(encode):  # the same search and the same (id, score) rows as the API's with_text=False
-        scores, hits = index.search(encode(texts), args.k)
-        return [[(index.docid(sh, pos), float(s)) for (sh, pos), s in zip(row, srow)]
-                for row, srow in zip(hits, scores)]
+    def st_search(encode):  # the same search and the same bulk id lookup as the API's with_text=False
+        return index.rows(*index.search_arrays(encode(texts), args.k))
 
     for name, encode in st_encoders:
         encode(texts[:8])
-        t = time.perf_counter()
-        st_search(encode)
-        sweep[f"sentence-transformers {name}"] = len(texts) / (time.perf_counter() - t)
+        sweep[f"sentence-transformers {name}"] = len(texts) / timed(lambda: st_search(encode), args.repeats)[0]
     st_name, st_encode = max(st_encoders, key=lambda ne: sweep[f"sentence-transformers {ne[0]}"])
-    st_s, st_all, st_rows = timed(lambda: st_search(st_encode), args.repeats)
     for name, rate in sweep.items():
         print(f"  sweep: {name:45s} {rate:7.1f} q/s", flush=True)
 
@@ -201,11 +207,17 @@ def bench_scifact(args: BenchArgs) -> dict:
                 return searcher.batch_search(texts[:n], qids[:n], k=k, threads=args.threads)
 
         pyserini_run(8, 10)  # warm-up
-        pys_s, pys_all, pys = timed(pyserini_run, args.repeats)
+        # the three sides at their best settings, timed in turn in each of --repeats rounds, so a machine that
+        # slows down or speeds up during the run weighs on all of them alike
+        times, results = interleaved({"api": lambda: retriever.batch_search(texts, args.k, with_text=False),
+                                      "st": lambda: st_search(st_encode), "pyserini": pyserini_run}, args.repeats)
+    api_all, st_all, pys_all = times["api"], times["st"], times["pyserini"]
+    api_s, st_s, pys_s = (statistics.median(t) for t in (api_all, st_all, pys_all))
+    api, st_rows, pys = results["api"], results["st"], results["pyserini"]
     faiss.omp_set_num_threads(args.threads)
 
     same10 = sum([h.id for h in row[:10]] == [h.docid for h in pys[q][:10]] for q, row in zip(qids, api))
-    same10_st = sum([h.id for h in row[:10]] == [d for d, _ in st[:10]] for row, st in zip(api, st_rows))
+    same10_st = sum([h.id for h in row[:10]] == [d for d, _, _ in st[:10]] for row, st in zip(api, st_rows))
     overlap = statistics.mean(len({h.id for h in row} & {h.docid for h in pys[q]}) / args.k for q, row in zip(qids, api))
     max_diff = float(max(abs(a.score - float(b.score)) for q, row in zip(qids, api) for a, b in zip(row[:10], pys[q][:10])))
     n = len(texts)
@@ -218,6 +230,8 @@ def bench_scifact(args: BenchArgs) -> dict:
         "api_qps": n / api_s, "api_with_text_qps": n / text_s, "search_only_qps": n / only_s,
         "st_encode_plus_search_qps": n / st_s, "pyserini_qps": n / pys_s, "speedup_vs_pyserini": pys_s / api_s,
         "speedup_vs_st": st_s / api_s, "encoder_gflops_incl_search": gflops,
+        "speedup_vs_pyserini_per_round": [p / a for p, a in zip(pys_all, api_all)],
+        "speedup_vs_st_per_round": [t / a for t, a in zip(st_all, api_all)],
         "seconds": {"api": api_all, "api_with_text": text_all, "search_only": only_all, "st": st_all,
                     "pyserini": pys_all},
         "same_top10_queries": same10, "same_top10_queries_vs_st": same10_st, "mean_top1000_overlap": overlap,

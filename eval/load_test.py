@@ -40,6 +40,7 @@ from dretriever.cli import parse, run_script
 from dretriever.data.beir import load_queries
 from dretriever.errors import DretrieverError
 from dretriever.index.atomic import write_json_atomic, write_text_atomic
+from dretriever.search.batcher import DEFAULT_MAX_WAIT_MS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_process import serving  # noqa: E402  (eval/server_process.py)
@@ -59,7 +60,7 @@ class LoadArgs:
     mode: str = "dense"
     startup_timeout: float = 300.0
     micro_batch: int = field(default=32, metadata={"help": "the server's --micro_batch (0: off)"})
-    micro_batch_wait_ms: float = 2.0
+    micro_batch_wait_ms: float = DEFAULT_MAX_WAIT_MS
     compare_batching: bool = field(default=False, metadata={"help": "run the server with micro-batching off, "
                                                                    "then on, in this one run; print the ratio"})
     output_dir: str = "eval/reports/search"

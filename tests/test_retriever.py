@@ -66,6 +66,27 @@ def test_many_shards_merge_exactly_as_one_flat_index(datastores, r4, queries):
            [[flat.docids[i] for i in row] for row in best]
 
 
+def test_search_pauses_the_garbage_collector_only_while_it_runs(r4, queries):
+    import gc
+
+    from dretriever.heap import gc_paused
+
+    seen = []
+    r4.dense.encode, encode = (lambda texts: (seen.append(gc.isenabled()), encode(texts))[1]), r4.dense.encode
+    try:
+        hits = r4.batch_search(queries, 5, with_text=False)
+    finally:
+        del r4.dense.encode
+    assert seen == [False] and gc.isenabled() and len(hits) == len(queries)
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a collector that was off stays off
+    finally:
+        gc.enable()
+
+
 def test_hits_carry_passage_text_metadata_and_shard(r4, corpus, queries):
     docs = {d["_id"]: d for d in map(json.loads, corpus.open())}
     chunker = Chunker(ChunkConfig(**CHUNKS))

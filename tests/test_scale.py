@@ -314,6 +314,32 @@ def test_mmap_open_keeps_the_index_out_of_the_heap(tmp_path):
     assert grow["1"] < 8_000, grow  # mapped: they stay in the page cache
 
 
+def test_docids_take_reads_any_positions_in_bulk(tmp_path):
+    from dretriever.index.docids import DocIds, write_docids
+
+    ids = ["a", "doc#12", "Ünïcode-Ω", "x" * 300, "", "z9"]
+    write_docids(tmp_path, ids)
+    docids = DocIds(tmp_path)
+    positions = [5, 0, 2, 2, 3, 4, 1]  # any order, repeats, an empty id
+    assert docids.take(positions) == [ids[p] for p in positions] == [docids[p] for p in positions]
+    assert docids.take(np.array([], dtype=np.int64)) == []
+    with pytest.raises(IndexError):
+        docids.take([0, 6])
+
+
+def test_rows_label_search_arrays_like_one_lookup_per_hit(built):
+    index = ShardedIndex.open(built)
+    queries = np.random.default_rng(1).normal(size=(5, index.dim)).astype(np.float32)
+    k = len(index) + 3  # more than the index holds: every row ends in empty slots
+    scores, shard_of, pos = index.search_arrays(queries, k)
+    rows = index.rows(scores, shard_of, pos)
+    assert len(rows) == 5
+    for r in range(5):
+        want = [(index.docid(int(sh), int(p)), float(s), int(sh))
+                for s, sh, p in zip(scores[r], shard_of[r], pos[r]) if p >= 0]
+        assert rows[r] == want and len(want) == len(index)
+
+
 # ---------------------------------------------------------------- one pass, resume inside a shard
 def passages_corpus(path: Path, n_docs: int) -> Path:
     rng = np.random.default_rng(0)

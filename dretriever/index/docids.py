@@ -71,7 +71,18 @@ class DocIds:
         return self._data[a:b - 1].tobytes().decode("utf-8")
 
     def take(self, positions) -> list[str]:
-        return [self[int(i)] for i in positions]
+        """The ids at ``positions``, in that order, read with one gather (no Python work per id): each
+        position's line (id and newline) is copied into one buffer, which is decoded and split once."""
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if len(pos) == 0:
+            return []
+        if int(pos.min()) < 0 or int(pos.max()) >= len(self):
+            raise IndexError(f"positions out of range [0, {len(self)})")
+        starts = self._offsets[pos].astype(np.int64)
+        lengths = self._offsets[pos + 1].astype(np.int64) - starts  # with the newline
+        ends = np.cumsum(lengths)
+        gather = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
+        return self._data[gather].tobytes().decode("utf-8").split("\n")[:-1]
 
     def __iter__(self):
         for line in open(self.folder / DOCID, encoding="utf-8"):

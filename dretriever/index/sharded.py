@@ -361,6 +361,19 @@ class ShardedIndex:
     def docid(self, shard: int, position: int) -> str:
         return self.shards[shard].ids[position]
 
+    def rows(self, scores: np.ndarray, shard_of: np.ndarray, pos: np.ndarray) -> list[list[tuple[str, float, int]]]:
+        """:meth:`search_arrays`' output as ``(docid, score, shard)`` rows per query, best first, without the
+        empty slots; ids are read in bulk per shard (:meth:`DocIds.take`), not one lookup per hit."""
+        found = pos >= 0
+        shards, positions = shard_of[found], pos[found]
+        ids = np.empty(len(positions), dtype=object)
+        for s in np.unique(shards):
+            at = shards == s
+            ids[at] = self.shards[int(s)].ids.take(positions[at])
+        flat = list(zip(ids.tolist(), scores[found].tolist(), shards.tolist()))
+        ends = np.cumsum(found.sum(axis=1)).tolist()
+        return [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]
+
     def texts(self, shard: int, docids: list[str]) -> dict[str, dict]:
         return self.shards[shard].store.get_many(docids)
 

@@ -45,6 +45,7 @@ from ..index.datastore import BM25_DIR
 from ..index.filters import parse_filter
 from ..index.sharded import ShardedIndex
 from ..search.backend import rss_bytes
+from ..search.batcher import DEFAULT_MAX_WAIT_MS
 from ..search.bm25 import BM25Searcher
 from ..search.dense import encoder_for_index
 from ..search.fusion import fuse
@@ -138,10 +139,8 @@ class ShardGroup:
         index = self.held.get(generation)
         if index is None:
             return None  # not held (a replacement replica opened a newer generation): the ingress reloads
-        scores, shard_of, pos = index.search_arrays(vectors, k, filter=filter)
         out = []
-        for srow, shrow, prow in zip(scores, shard_of, pos):
-            row = [(index.docid(int(sh), int(p)), float(s), int(sh)) for s, sh, p in zip(srow, shrow, prow) if p >= 0]
+        for row in index.rows(*index.search_arrays(vectors, k, filter=filter)):
             hits = [h.to_dict() for h in make_hits(index, row, True)]
             for h in hits:
                 h["shard"] = index.numbers[h["shard"]]
@@ -428,7 +427,7 @@ def application(root: str | Path, *, name: str | None = None, api_key: str | Non
                 shard_groups: int = 0, mode: str = "dense", fusion: str = "rrf", alpha: float = 0.5,
                 fusion_depth: int = 100, model: str | None = None, precision: str = "auto", batch_size: int = 128,
                 max_tokens: int | str | None = "auto", backend: str | None = None, micro_batch: int = 32,
-                micro_batch_wait_ms: float = 2.0, search_params: dict | None = None, group_timeout_s: float = 30.0,
+                micro_batch_wait_ms: float = DEFAULT_MAX_WAIT_MS, search_params: dict | None = None, group_timeout_s: float = 30.0,
                 num_cpus: dict | None = None):
     """The Serve application for the datastore at ``root`` (bind it with :func:`run`). ``shard_groups`` 0: the
     default, ``min(shards, 2)``; ``mode``: the default mode, ``fusion``/``alpha``/``fusion_depth``: hybrid's, as

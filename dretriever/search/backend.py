@@ -22,7 +22,7 @@ import os
 
 from fastapi.concurrency import run_in_threadpool
 
-from .batcher import MicroBatcher
+from .batcher import DEFAULT_MAX_WAIT_MS, MicroBatcher
 from .retriever import Retriever
 
 
@@ -40,7 +40,7 @@ class LocalBackend:
     started with); concurrent ``search`` calls with the same options gathered into batches of up to
     ``micro_batch`` (waiting at most ``micro_batch_wait_ms``; 0 or 1: off), each batch answered by one generation."""
 
-    def __init__(self, retriever: Retriever, micro_batch: int = 32, micro_batch_wait_ms: float = 2.0):
+    def __init__(self, retriever: Retriever, micro_batch: int = 32, micro_batch_wait_ms: float = DEFAULT_MAX_WAIT_MS):
         self.retriever = retriever
         self.batcher = MicroBatcher(self._batched, micro_batch, micro_batch_wait_ms) if micro_batch > 1 else None
         self._reloading: asyncio.Lock | None = None

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..encoder import BiEncoder
 from ..errors import DretrieverError
+from ..heap import gc_paused
 from ..index.build import ENCODER_SETTINGS as SETTINGS
 from ..index.sharded import ShardedIndex
 from .types import Run
@@ -64,8 +65,7 @@ class DenseSearcher:
 
     def search(self, queries: dict[str, str], k: int = 1000) -> Run:
         qids = list(queries)
-        scores, hits = self.index.search(self.encode([queries[q] for q in qids]), k)
-        return {
-            qid: [(self.index.docid(sh, pos), float(s)) for (sh, pos), s in zip(row, srow)]
-            for qid, row, srow in zip(qids, hits, scores)
-        }
+        found = self.index.search_arrays(self.encode([queries[q] for q in qids]), k)
+        with gc_paused():
+            rows = self.index.rows(*found)
+            return {qid: [(docid, score) for docid, score, _ in row] for qid, row in zip(qids, rows)}

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import DretrieverError
+from ..heap import gc_paused
 from ..index.datastore import BM25_DIR
 from ..index.sharded import ShardedIndex
 from .bm25 import BM25Searcher
@@ -32,7 +33,7 @@ MODES = ("dense", "bm25", "hybrid")
 FUSIONS = ("rrf", "interpolation")
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
     id: str  # passage id (``doc#chunk`` in a datastore)
     doc_id: str  # the source document's id
@@ -136,7 +137,7 @@ class Retriever:
         if flt is not None and mode != "dense":
             raise DretrieverError(f"filter: supported in dense mode only (Lucene holds no metadata columns), "
                                   f"not {mode!r}")
-        with self._lock:
+        with self._lock, gc_paused():
             if mode == "dense":
                 rows = self._dense(queries, k, flt)
             elif mode == "bm25":
@@ -162,9 +163,7 @@ class Retriever:
 
     # ------------------------------------------------------------------ internals
     def _dense(self, queries: list[str], k: int, flt=None) -> list[list[tuple[str, float, int]]]:
-        scores, hits = self.index.search(self.dense.encode(queries), k, filter=flt)
-        return [[(self.index.docid(sh, pos), float(s), sh) for (sh, pos), s in zip(row, srow)]
-                for row, srow in zip(hits, scores)]
+        return self.index.rows(*self.index.search_arrays(self.dense.encode(queries), k, filter=flt))
 
     @staticmethod
     def _run(searcher: BM25Searcher, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
@@ -190,7 +189,7 @@ def make_hits(index: ShardedIndex, row: list[tuple[str, float, int | None]], wit
     """Hits for ``(passage id, score, shard)`` rows, with title, text and metadata from ``index``'s doc stores
     (a Ray shard group calls it with its own shards)."""
     if not with_text:
-        return [Hit(pid, pid, score, shard=sh) for pid, score, sh in row]
+        return [Hit(pid, pid, score, "", "", {}, sh) for pid, score, sh in row]
     found: dict[str, tuple[int, dict]] = {}
     by_shard: dict[int, list[str]] = {}
     for pid, _, sh in row:

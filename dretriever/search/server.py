@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import DretrieverError, Unavailable
 from .backend import LocalBackend
+from .batcher import DEFAULT_MAX_WAIT_MS
 from .retriever import Retriever
 
 API_KEY_ENV = "DRETRIEVER_API_KEY"
@@ -218,7 +219,7 @@ class API(FastAPI):
 
 def create_app(backend, name: str = "index", api_key: str | None = None, max_k: int = 1000,
                max_batch: int = 64, max_query_chars: int = 2000, max_body_bytes: int = 1 << 20,
-               micro_batch: int = 32, micro_batch_wait_ms: float = 2.0) -> API:
+               micro_batch: int = 32, micro_batch_wait_ms: float = DEFAULT_MAX_WAIT_MS) -> API:
     """The FastAPI app serving ``backend`` (``search/backend.py``; a :class:`Retriever` is served by a
     ``LocalBackend`` micro-batching ``/search`` into batches of up to ``micro_batch``, waiting at most
     ``micro_batch_wait_ms``; 0 or 1: off), with :class:`Guard` installed for the key and body limit."""
