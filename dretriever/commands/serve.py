@@ -44,7 +44,8 @@ class ServeArgs:
     ef_search: int | None = field(default=None, metadata={"help": "HNSW efSearch"})
     micro_batch: int = field(default=32, metadata={"help": "concurrent /search requests gathered into one encoder "
                                                           "forward and one search (0 or 1: off)"})
-    micro_batch_wait_ms: float = field(default=DEFAULT_MAX_WAIT_MS, metadata={"help": "longest wait for a micro-batch to fill"})
+    micro_batch_wait_ms: float = field(default=DEFAULT_MAX_WAIT_MS,
+                                       metadata={"help": "longest wait for a micro-batch to fill"})
     log_level: str = "info"
     engine: str = field(default="local", metadata={"help": "local (this process, uvicorn) | ray (Ray Serve)"})
     address: str | None = field(default=None, metadata={"help": "engine ray: the cluster to join (auto: the one "

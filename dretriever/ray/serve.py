@@ -427,8 +427,8 @@ def application(root: str | Path, *, name: str | None = None, api_key: str | Non
                 shard_groups: int = 0, mode: str = "dense", fusion: str = "rrf", alpha: float = 0.5,
                 fusion_depth: int = 100, model: str | None = None, precision: str = "auto", batch_size: int = 128,
                 max_tokens: int | str | None = "auto", backend: str | None = None, micro_batch: int = 32,
-                micro_batch_wait_ms: float = DEFAULT_MAX_WAIT_MS, search_params: dict | None = None, group_timeout_s: float = 30.0,
-                num_cpus: dict | None = None):
+                micro_batch_wait_ms: float = DEFAULT_MAX_WAIT_MS, search_params: dict | None = None,
+                group_timeout_s: float = 30.0, num_cpus: dict | None = None):
     """The Serve application for the datastore at ``root`` (bind it with :func:`run`). ``shard_groups`` 0: the
     default, ``min(shards, 2)``; ``mode``: the default mode, ``fusion``/``alpha``/``fusion_depth``: hybrid's, as
     in :class:`Retriever`; ``num_cpus``: logical CPUs per replica of ``encoder``, ``group``, ``lexical``,
