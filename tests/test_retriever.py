@@ -71,8 +71,13 @@ def test_search_pauses_the_garbage_collector_only_while_it_runs(r4, queries):
 
     from dretriever.heap import gc_paused
 
-    seen = []
-    r4.dense.encode, encode = (lambda texts: (seen.append(gc.isenabled()), encode(texts))[1]), r4.dense.encode
+    seen, encode = [], r4.dense.encode
+
+    def spy(texts):  # the collector's state while the search encodes its queries
+        seen.append(gc.isenabled())
+        return encode(texts)
+
+    r4.dense.encode = spy
     try:
         hits = r4.batch_search(queries, 5, with_text=False)
     finally:
