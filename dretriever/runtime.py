@@ -76,24 +76,40 @@ def export_onnx(model: nn.Module, path: Path, token_types: bool) -> Path:
     return path
 
 
-class OnnxTower:
-    """One tower exported to ONNX and run by ONNX Runtime on the CPU."""
+def onnxruntime():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
+        raise DretrieverError("backend: 'onnx' needs onnxruntime and onnx (pip install 'dretriever[onnx]')") from e
+    return ort
 
-    def __init__(self, model: nn.Module, cache: Path, key: str, threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
-            raise DretrieverError("backend: 'onnx' needs onnxruntime and onnx (pip install 'dretriever[onnx]')") from e
-        self.token_types = getattr(model.config, "type_vocab_size", 0) > 0
-        self.path = cache / f"{key}.onnx"
-        if not self.path.is_file():
-            export_onnx(model, self.path, self.token_types)
+
+class OnnxSession:
+    """An ONNX file run by ONNX Runtime on the CPU, fed the padded token batches of :mod:`dretriever.token_batches`
+    (an input the batch lacks, ``token_type_ids``, goes in as zeros); returns the last hidden state."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        ort = onnxruntime()
+        self.path = Path(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
 
+    def feed(self, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {n: batch[n].numpy() if n in batch else np.zeros_like(batch["input_ids"].numpy()) for n in self.names}
+
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        feed = {n: batch[n].numpy() if n in batch else np.zeros_like(batch["input_ids"].numpy()) for n in self.names}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        return torch.from_numpy(self.session.run(None, self.feed(batch))[0])
+
+
+class OnnxTower(OnnxSession):
+    """One tower exported to ONNX (once, cached under ``cache`` by ``key``) and run by ONNX Runtime on the CPU."""
+
+    def __init__(self, model: nn.Module, cache: Path, key: str, threads: int | None = None):
+        onnxruntime()  # before exporting: a missing package is named first
+        path = cache / f"{key}.onnx"
+        if not path.is_file():
+            export_onnx(model, path, getattr(model.config, "type_vocab_size", 0) > 0)
+        super().__init__(path, threads)

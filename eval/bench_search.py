@@ -91,13 +91,9 @@ def machine() -> str:
 
 
 def timed(fn, repeats: int):
-    """(median seconds, last result) over ``repeats`` calls."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times, result
+    """(median seconds, every timing, last result) over ``repeats`` calls."""
+    times, results = interleaved({"fn": fn}, repeats)
+    return statistics.median(times["fn"]), times["fn"], results["fn"]
 
 
 def interleaved(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:

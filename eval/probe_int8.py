@@ -17,7 +17,6 @@ it measures whether one pays.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,11 +31,15 @@ from dretriever.data.beir import load_beir
 from dretriever.encoder import BiEncoder
 from dretriever.evaluation.metrics import score_run, write_trec_qrels
 from dretriever.models import resolve_model
+from dretriever.runtime import OnnxSession
 from dretriever.search.types import write_trec_run
 from dretriever.token_batches import plan_batches
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # eval/hardware.py
+if str(Path(__file__).resolve().parent) not in sys.path:  # eval/hardware.py, eval/bench_search.py
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_search import timed  # noqa: E402
+from hardware import describe, machine  # noqa: E402
 
 
 @dataclass
@@ -53,28 +56,8 @@ class ProbeArgs:
     seed: int = 0
 
 
-class Session:
-    """One ONNX file run by ONNX Runtime on the CPU, fed token batches like the onnx backend."""
-
-    def __init__(self, path: Path):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.names = [i.name for i in self.session.get_inputs()]
-
-    def feed(self, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        ids = batch["input_ids"].numpy()
-        return {n: batch[n].numpy() if n in batch else np.zeros_like(ids) for n in self.names}
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, self.feed(batch))[0])
-
-
 def encode(encoder: BiEncoder, texts: list[str], side: str, tower, max_tokens: int) -> np.ndarray:
-    """``tower`` None: torch; else an ONNX :class:`Session`. Pooling and normalisation are the encoder's."""
+    """``tower`` None: torch; else an :class:`OnnxSession`. Pooling and normalisation are the encoder's."""
     rows = encoder.token_rows(texts, side)
     out = np.empty((len(texts), encoder.dim), dtype=np.float32)
     with torch.inference_mode():
@@ -124,12 +107,7 @@ def quantize(fp32: Path, out: Path, encoder: BiEncoder, passages: list[str], fee
 
 
 def rate(fn, n: int, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return n / statistics.median(times)
+    return n / timed(fn, runs)[0]
 
 
 def ndcg(vectors_q: np.ndarray, qids: list[str], vectors_d: np.ndarray, dids: list[str], tmp: Path, tag: str) -> float:
@@ -142,7 +120,6 @@ def ndcg(vectors_q: np.ndarray, qids: list[str], vectors_d: np.ndarray, dids: li
 
 
 def main(argv) -> int:
-    from hardware import describe, machine
 
     args = parse(ProbeArgs, argv)
     print(describe(machine()))
@@ -159,9 +136,9 @@ def main(argv) -> int:
     fp32_path = encoder.runtime("query").path  # exported once, cached beside the model
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        onnx32 = Session(fp32_path)
+        onnx32 = OnnxSession(fp32_path)
         t = time.perf_counter()
-        int8 = Session(quantize(fp32_path, tmp / "int8.onnx", encoder, calibration, onnx32.feed, args.method,
+        int8 = OnnxSession(quantize(fp32_path, tmp / "int8.onnx", encoder, calibration, onnx32.feed, args.method,
                                 args.ffn_out_fp32))
         print(f"quantised in {time.perf_counter() - t:.1f} s, calibrated on {len(calibration)} passages", flush=True)
         sides = {"torch fp32": None, "onnx fp32": onnx32, "onnx int8": int8}
