@@ -22,6 +22,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from .errors import DretrieverError
 from .models import resolve_model
+from .quantize import Calibration, int8_path, quantize_int8
 from .runtime import check_backend
 from .stages import stage
 from .token_batches import TokenRows, plan_batches
@@ -30,6 +31,7 @@ CONFIG_NAME = "dretriever.json"
 DOC_TOWER_DIR = "doc_encoder"
 # padded tokens per inference batch on a CPU (rows x longest row); chosen by measurement, eval/reports/encode/
 DEFAULT_MAX_TOKENS = 1024
+INT8_DOC_MAX_TOKENS = 4096  # onnx-int8 documents: +9 % over 1024 (queries keep 1024), eval/reports/encode (int8)
 
 
 @dataclass
@@ -139,7 +141,7 @@ class BiEncoder(nn.Module):
     """Query and document towers (tied by default) with pooling and normalisation."""
 
     def __init__(self, query_model: nn.Module, tokenizer, config: EncoderConfig, doc_model: nn.Module | None = None,
-                 backend: str = "torch"):
+                 backend: str = "torch", calibration: Calibration | None = None):
         super().__init__()
         self.query_model = query_model
         self.doc_model = doc_model  # None: tied towers
@@ -147,18 +149,20 @@ class BiEncoder(nn.Module):
         self.config = config
         self.source: Path | None = None  # the folder the weights came from (where an exported runtime is cached)
         self.backend = check_backend(backend)
+        self.calibration = calibration  # onnx-int8: the passages its graph is calibrated on (dretriever.quantize)
         self._runtimes: dict = {}
 
     # ---------------------------------------------------------------- loading and saving
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, untie: bool = False, backend: str = "torch",
-                        **overrides) -> "BiEncoder":
+                        calibration: Calibration | None = None, **overrides) -> "BiEncoder":
         """Load a dretriever, sentence-transformers or plain Hugging Face model.
 
         ``overrides`` are :class:`EncoderConfig` fields; ``None`` values are ignored.
         ``untie=True`` starts a separate document tower as a copy of the query tower.
-        ``backend`` runs inference (:meth:`encode`) in torch or, exported once, in ONNX Runtime ("onnx");
-        training always runs in torch.
+        ``backend`` runs inference (:meth:`encode`) in torch or, exported once, in ONNX Runtime: fp32 ("onnx")
+        or static int8 ("onnx-int8", calibrated on ``calibration``, a sample of the corpus); training always
+        runs in torch.
         """
         resolved = resolve_model(name_or_path)
         path = Path(resolved)
@@ -177,7 +181,7 @@ class BiEncoder(nn.Module):
             doc_model = AutoModel.from_pretrained(path / DOC_TOWER_DIR)
         elif untie:
             doc_model = AutoModel.from_pretrained(resolved)
-        encoder = cls(query_model, tokenizer, config, doc_model, backend=backend)
+        encoder = cls(query_model, tokenizer, config, doc_model, backend=backend, calibration=calibration)
         encoder.source = path if path.is_dir() else None
         return encoder
 
@@ -276,14 +280,28 @@ class BiEncoder(nn.Module):
         return F.normalize(emb, dim=-1) if self.config.normalize else emb
 
     def runtime(self, side: str):
-        """The exported tower for ``side`` under the ``onnx`` backend (exported on first use, then cached)."""
+        """The exported tower for ``side`` under an ONNX backend (exported, and for ``onnx-int8`` quantised, on
+        first use, then cached beside the weights)."""
         tower = "query" if side == "query" or self.tied else "doc"
         if tower not in self._runtimes:
-            from .runtime import OnnxTower, cache_dir
+            from .runtime import OnnxSession, cache_dir, exported
 
-            key = f"{tower}-{self.fingerprint()[:16]}"
-            self._runtimes[tower] = OnnxTower(self.tower(side), cache_dir(self.source), key)
+            path = exported(self.tower(side), cache_dir(self.source), f"{tower}-{self.fingerprint()[:16]}")
+            if self.backend == "onnx-int8":
+                path = self._int8(path)
+            self._runtimes[tower] = OnnxSession(path)
         return self._runtimes[tower]
+
+    def _int8(self, fp32: Path) -> Path:
+        """The int8 graph of the export ``fp32``, calibrated on :attr:`calibration`'s passages (document side)."""
+        if self.calibration is None:
+            raise DretrieverError("backend: 'onnx-int8' needs calibration passages (an index build draws them from "
+                                  "the corpus; searching reads them from the index)")
+        path = int8_path(fp32, self.calibration)
+        if not path.is_file():
+            rows = self.token_rows(list(self.calibration.texts), "doc")
+            quantize_int8(fp32, path, (rows.batch(idx) for idx in plan_batches(rows.lengths, 32, 4096)))
+        return path
 
     def forward(self, batch, side: str) -> torch.Tensor:
         return self.embed(batch, side)
@@ -295,8 +313,8 @@ class BiEncoder(nn.Module):
 
         Texts are tokenized once and sorted by token count (longest first, so memory peaks at once and
         padding is minimal); each batch holds at most ``batch_size`` texts and at most ``max_tokens``
-        padded tokens (``None``: a fixed ``batch_size`` texts; "auto": :data:`DEFAULT_MAX_TOKENS` on a CPU,
-        where small batches keep the activations in cache, and ``None`` on a GPU, which wants large batches;
+        padded tokens (``None``: a fixed ``batch_size`` texts; "auto": :meth:`auto_max_tokens`, small batches
+        on a CPU, where they keep the activations in cache, and ``None`` on a GPU, which wants large ones;
         see :mod:`dretriever.token_batches`), is padded by one numpy gather, and is embedded under autocast
         when ``precision`` allows.
         """
@@ -309,13 +327,14 @@ class BiEncoder(nn.Module):
             rows = self.token_rows(texts, side)
         device = self.device
         if max_tokens == "auto":
-            max_tokens = DEFAULT_MAX_TOKENS if device.type == "cpu" else None
+            max_tokens = self.auto_max_tokens(side)
         was_training = self.training
         self.eval()
         runtime = None
         if self.backend != "torch":
             if precision not in ("auto", "fp32"):
-                raise DretrieverError(f"precision: the {self.backend} backend runs fp32, got {precision!r}")
+                raise DretrieverError(f"precision: the {self.backend} backend sets its own (auto or fp32), "
+                                      f"got {precision!r}")
             precision, runtime = "fp32", self.runtime(side)
         bar = tqdm(total=len(texts), desc=f"encode {side}s", unit=side, disable=not progress, leave=False)
         with torch.inference_mode(), autocast(device, precision):
@@ -330,6 +349,13 @@ class BiEncoder(nn.Module):
         bar.close()
         self.train(was_training)
         return out
+
+    def auto_max_tokens(self, side: str) -> int | None:
+        """What ``max_tokens="auto"`` means: :data:`DEFAULT_MAX_TOKENS` on a CPU (:data:`INT8_DOC_MAX_TOKENS`
+        for ``onnx-int8`` documents, whose int8 products want larger batches), ``None`` on a GPU."""
+        if self.device.type != "cpu":
+            return None
+        return INT8_DOC_MAX_TOKENS if self.backend == "onnx-int8" and side != "query" else DEFAULT_MAX_TOKENS
 
     def token_rows(self, texts: list[str], side: str) -> TokenRows:
         """``texts`` tokenized (prefix, truncation) without padding, held flat for :meth:`TokenRows.batch`."""

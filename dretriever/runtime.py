@@ -1,11 +1,12 @@
-"""Inference backends for :meth:`BiEncoder.encode`: torch (default) or ONNX Runtime ("onnx").
+"""Inference backends for :meth:`BiEncoder.encode`: torch (default), ONNX Runtime in fp32 ("onnx") or in static
+int8 calibrated on the user's passages ("onnx-int8", made from the fp32 export by :mod:`dretriever.quantize`).
 
 The ``onnx`` backend exports one tower's transformer (token ids and mask in, last hidden state out) once with
 ``torch.onnx.export`` (the dynamo exporter: the TorchScript one mis-traced transformers 5's BERT, hidden states
 off by ~4), and caches the file beside the model, in ``onnx/`` keyed by the weight fingerprint, so changed
 weights never meet a stale export; a model folder that cannot be written caches under
 ``~/.cache/dretriever/onnx``. Pooling and normalisation stay in :mod:`dretriever.encoder`, identical for
-every backend. The ONNX graph runs in fp32 (ONNX Runtime applies its own BERT fusions when it loads it);
+every backend. The ``onnx`` graph runs in fp32 (ONNX Runtime applies its own BERT fusions when it loads it);
 bf16/fp16 stay torch-only.
 """
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from .errors import DretrieverError
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 ONNX_DIR = "onnx"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -65,7 +66,7 @@ def export_onnx(model: nn.Module, path: Path, token_types: bool) -> Path:
     os.close(fd)
     try:
         with torch.no_grad():
-            torch.onnx.export(_Export(model, token_types), args, tmp, input_names=names,
+            torch.onnx.export(_Export(model, token_types).eval(), args, tmp, input_names=names,
                               output_names=["last_hidden_state"], dynamo=True, external_data=False,
                               dynamic_shapes={n: {0: batch, 1: seq} for n in names}, verbose=False)
         os.replace(tmp, path)
@@ -84,9 +85,24 @@ def onnxruntime():
     return ort
 
 
+def feed(names: list[str], batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A padded token batch (:mod:`dretriever.token_batches`) as the inputs ``names`` of an ONNX graph (an input
+    the batch lacks, ``token_type_ids``, goes in as zeros)."""
+    return {n: batch[n].numpy() if n in batch else np.zeros_like(batch["input_ids"].numpy()) for n in names}
+
+
+def exported(model: nn.Module, cache: Path, key: str) -> Path:
+    """The fp32 ONNX file of ``model`` under ``cache`` (exported the first time ``key`` is asked for)."""
+    onnxruntime()  # before exporting: a missing package is named first
+    path = cache / f"{key}.onnx"
+    if not path.is_file():
+        export_onnx(model, path, getattr(model.config, "type_vocab_size", 0) > 0)
+    return path
+
+
 class OnnxSession:
-    """An ONNX file run by ONNX Runtime on the CPU, fed the padded token batches of :mod:`dretriever.token_batches`
-    (an input the batch lacks, ``token_type_ids``, goes in as zeros); returns the last hidden state."""
+    """An ONNX file run by ONNX Runtime on the CPU, fed the padded token batches of :mod:`dretriever.token_batches`;
+    returns the last hidden state."""
 
     def __init__(self, path: Path, threads: int | None = None):
         ort = onnxruntime()
@@ -97,19 +113,5 @@ class OnnxSession:
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
 
-    def feed(self, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        return {n: batch[n].numpy() if n in batch else np.zeros_like(batch["input_ids"].numpy()) for n in self.names}
-
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, self.feed(batch))[0])
-
-
-class OnnxTower(OnnxSession):
-    """One tower exported to ONNX (once, cached under ``cache`` by ``key``) and run by ONNX Runtime on the CPU."""
-
-    def __init__(self, model: nn.Module, cache: Path, key: str, threads: int | None = None):
-        onnxruntime()  # before exporting: a missing package is named first
-        path = cache / f"{key}.onnx"
-        if not path.is_file():
-            export_onnx(model, path, getattr(model.config, "type_vocab_size", 0) > 0)
-        super().__init__(path, threads)
+        return torch.from_numpy(self.session.run(None, feed(self.names, batch))[0])

@@ -1,15 +1,15 @@
-"""Probe for issue 13's int8 backend: is static int8 (ONNX Runtime, calibrated on the user's own passages) worth
-building on this CPU, and what does it cost in quality?
+"""Probe for issue 13's int8 backend: does static int8 (ONNX Runtime, calibrated on the user's own passages)
+pay on this CPU, and what does it cost in quality?
 
-The model's fp32 ONNX export (the ``onnx`` backend's, ``dretriever/runtime.py``) is quantised with
-``onnxruntime.quantization.quantize_static`` (QDQ, int8 weights per channel, uint8 activations, only the
-``MatMul``s with a weight: attention's products of two activations stay fp32, and with ``--ffn_out_fp32`` the
-feed-forward output projections too), calibrated on ``--calibration`` passages drawn
-(seeded) from the corpus. Then, in one process, medians of ``--runs``: queries/s and documents/s of torch fp32,
+The model's fp32 ONNX export (the ``onnx`` backend's, ``dretriever/runtime.py``) is quantised by
+``dretriever.quantize.quantize_int8`` (QDQ, int8 weights per channel, uint8 activations, only the ``MatMul``s
+with a weight: attention's products of two activations stay fp32, and with ``--ffn_out_fp32`` the
+feed-forward output projections too), calibrated on ``--calibration`` passages drawn (seeded) from the corpus.
+``--ffn_out_fp32 true`` with MinMax is the recipe the ``onnx-int8`` backend adopted; the probe keeps the other
+choices to measure them. Then, in one process, medians of ``--runs``: queries/s and documents/s of torch fp32,
 ONNX fp32 and ONNX int8 (the same token-budget batches and pooling for all three); min/mean cosine of int8
 to torch fp32; and, with ``--ndcg``, SciFact nDCG@10 of int8 queries over int8 documents against fp32 queries
-over fp32 documents (brute force over the whole corpus, Pyserini's trec_eval). Nothing here is a backend yet:
-it measures whether one pays.
+over fp32 documents (brute force over the whole corpus, Pyserini's trec_eval).
 
     python eval/probe_int8.py --data $BEIR_DATA/scifact --ndcg true --ffn_out_fp32 true
 """
@@ -31,6 +31,7 @@ from dretriever.data.beir import load_beir
 from dretriever.encoder import BiEncoder
 from dretriever.evaluation.metrics import score_run, write_trec_qrels
 from dretriever.models import resolve_model
+from dretriever.quantize import quantize_int8, weighted_matmuls
 from dretriever.runtime import OnnxSession
 from dretriever.search.types import write_trec_run
 from dretriever.token_batches import plan_batches
@@ -70,40 +71,22 @@ def encode(encoder: BiEncoder, texts: list[str], side: str, tower, max_tokens: i
     return out
 
 
-def quantize(fp32: Path, out: Path, encoder: BiEncoder, passages: list[str], feed, method: str,
+def quantize(fp32: Path, out: Path, encoder: BiEncoder, passages: list[str], method: str,
              ffn_out_fp32: bool = False) -> Path:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+    """The backend's quantisation (``dretriever.quantize``) with this probe's choices: the calibration method,
+    and whether the feed-forward output products stay fp32 (the backend's recipe) or are quantised too."""
     rows = encoder.token_rows(passages, "doc")
-    batches = [feed(rows.batch(idx)) for idx in plan_batches(rows.lengths, 32, 4096)]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(batches)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    import onnx
-
-    prepared = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    graph = onnx.load(str(prepared)).graph
-    weights = {w.name for w in graph.initializer}
-    # attention's two products (scores, weighted sum) multiply activations by activations: left in fp32
-    between_activations = [n.name for n in graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
-    if ffn_out_fp32:  # the feed-forward output projections, whose inputs (after GELU) carry the outliers
-        producer = {o: n.op_type for n in graph.node for o in n.output}
-        between_activations += [n.name for n in graph.node if n.op_type == "MatMul" and weights & set(n.input)
-                                and any(producer.get(i) in ("Gelu", "Mul", "Erf") for i in n.input)]
-    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"],
-                    nodes_to_exclude=between_activations, calibrate_method=getattr(CalibrationMethod, method))
-    print(f"quantised {sum(n.op_type == 'MatMul' for n in graph.node) - len(between_activations)} MatMuls, "
-          f"{len(between_activations)} left in fp32, calibration {method}")
+    batches = (rows.batch(idx) for idx in plan_batches(rows.lengths, 32, 4096))
+    kept = (lambda graph: weighted_matmuls(graph)[1]) if ffn_out_fp32 else activation_products
+    quantize_int8(fp32, out, batches, kept=kept, method=method)
+    print(f"int8 graph: calibration {method}, feed-forward outputs {'fp32' if ffn_out_fp32 else 'int8'}")
     return out
+
+
+def activation_products(graph) -> list[str]:
+    """Attention's two MatMuls of activations by activations (the only ones without a weight)."""
+    weights = {w.name for w in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
 
 
 def rate(fn, n: int, runs: int) -> float:
@@ -138,8 +121,8 @@ def main(argv) -> int:
         tmp = Path(tmp)
         onnx32 = OnnxSession(fp32_path)
         t = time.perf_counter()
-        int8 = OnnxSession(quantize(fp32_path, tmp / "int8.onnx", encoder, calibration, onnx32.feed, args.method,
-                                args.ffn_out_fp32))
+        int8 = OnnxSession(quantize(fp32_path, tmp / "int8.onnx", encoder, calibration, args.method,
+                                    args.ffn_out_fp32))
         print(f"quantised in {time.perf_counter() - t:.1f} s, calibrated on {len(calibration)} passages", flush=True)
         sides = {"torch fp32": None, "onnx fp32": onnx32, "onnx int8": int8}
         for tower in sides.values():

@@ -81,6 +81,30 @@ def test_ray_build_of_scifact_equals_the_single_process_build(ray_cluster, scifa
         assert [(r["from"], r["to"]) for r in entry["encode_runs"]] == [(0, entry["num_docs"])]
 
 
+def test_ray_index_build_with_the_int8_backend_equals_the_single_process_build(ray_cluster, scifact_dir,
+                                                                                  tiny_model, tmp_path):
+    """The Ray encoder actors read the index's calibration passages and quantise the same int8 graph."""
+    import shutil
+
+    model = tmp_path / "model"  # the int8 graph is cached beside the model: a copy of our own
+    shutil.copytree(tiny_model, model)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join((scifact_dir / "corpus.jsonl").read_text().splitlines(keepends=True)[:300]))
+    common = ["--corpus", str(corpus), "--model", str(model), "--shards", "2", "--backend", "onnx-int8",
+              "--calibration", "64"]
+    index_build = [sys.executable, "-m", "dretriever.cli", "index", "build"]
+    run(index_build + common + ["--output", str(tmp_path / "local")])
+    run(index_build + common + ["--output", str(tmp_path / "ray"), "--engine", "ray", "--address", ray_cluster,
+                                "--workers", "2"])
+    local, ray_built = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("local", "ray"))
+    assert local["encoder"] == ray_built["encoder"] and local["encoder"]["backend"] == "onnx-int8"
+    calibrations = [(tmp_path / d / "calibration.jsonl").read_bytes() for d in ("local", "ray")]
+    assert calibrations[0] == calibrations[1]
+    for a, b in zip(contents(tmp_path / "local"), contents(tmp_path / "ray"), strict=True):
+        assert a[0] == b[0]
+        np.testing.assert_allclose(a[1], b[1], atol=1e-4, rtol=0)
+
+
 def encoder_workers() -> list[psutil.Process]:
     """The Ray worker processes running this build's encoder actors (``ray::MapWorker(...EncodeChunks)``)."""
     found = []

@@ -11,6 +11,7 @@ from ..encoder import BiEncoder
 from ..engine import EngineArgs
 from ..errors import DretrieverError
 from ..index.build import build_index, corpus_source
+from ..quantize import DEFAULT_PASSAGES, Calibration
 from ..token_batches import parse_max_tokens
 
 
@@ -25,8 +26,11 @@ class IndexBuildArgs(EngineArgs):
     precision: str = "auto"
     max_tokens: str = field(default="auto", metadata={"help": "padded tokens per encoding batch: auto (1,024 on "
                                                                   "a CPU), none (batch_size texts) or N"})
-    backend: str = field(default="torch", metadata={"help": "inference backend: torch | onnx (fp32 ONNX Runtime); "
+    backend: str = field(default="torch", metadata={"help": "inference backend: torch | onnx (fp32 ONNX Runtime) | "
+                                                             "onnx-int8 (static int8, calibrated on the corpus); "
                                                              "recorded in the manifest, the query side uses it too"})
+    calibration: int = field(default=DEFAULT_PASSAGES, metadata={"help": "onnx-int8: passages drawn (seeded) from "
+                                                                         "the corpus to calibrate on"})
     train_sample: int | None = field(default=None, metadata={"help": "vectors to train IVF/PQ on"})
     overwrite: bool = False
 
@@ -42,7 +46,10 @@ def main(argv) -> int:
     if path.is_dir():
         path = path / "corpus.jsonl"
     corpus = load_corpus(path)
-    encoder = BiEncoder.from_pretrained(args.model, backend=args.backend)
+    calibration = None
+    if args.backend == "onnx-int8":
+        calibration = Calibration.sample([doc.contents for doc in corpus.values()], args.calibration)
+    encoder = BiEncoder.from_pretrained(args.model, backend=args.backend, calibration=calibration)
     builder = None
     if args.engine == "ray":
         from ..ray.build import ray_builder

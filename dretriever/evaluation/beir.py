@@ -21,6 +21,8 @@ from ..index.build import build_index, corpus_source
 from ..index.bm25 import build_bm25_index
 from ..search.bm25 import BM25Searcher
 from ..index.sharded import ShardedIndex
+from ..quantize import DEFAULT_PASSAGES, Calibration
+from ..runtime import check_backend
 from ..search.dense import DenseSearcher, check_encoder
 from ..search.fusion import fuse
 from ..search.types import Run, remove_query_ids, write_trec_run
@@ -49,6 +51,9 @@ class EvalArgs:
     alpha: float = field(default=0.5, metadata={"help": "weight of the dense run for interpolation"})
     remove_query: bool = True
     label: str | None = field(default=None, metadata={"help": "name of the dense system in the report"})
+    backend: str = field(default="torch", metadata={"help": "dense inference backend: torch | onnx | onnx-int8 "
+                                                             "(static int8 calibrated on the corpus)"})
+    calibration: int = field(default=DEFAULT_PASSAGES, metadata={"help": "onnx-int8: corpus passages to calibrate on"})
 
     def __post_init__(self):
         unknown = [s for s in self.systems if s not in SYSTEMS]
@@ -56,6 +61,7 @@ class EvalArgs:
             raise DretrieverError(f"systems: unknown {unknown}; choose from {list(SYSTEMS)}")
         if self.k <= 0:
             raise DretrieverError(f"k: must be positive, got {self.k}")
+        check_backend(self.backend)
         if self.fusion not in ("rrf", "interpolation"):
             raise DretrieverError(f"fusion: expected rrf or interpolation, got {self.fusion!r}")
 
@@ -64,15 +70,22 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(text.rstrip("/")) or text).strip("-")
 
 
-def dense_index_dir(index_root: str | Path, dataset: str, model: str, factory: str, shards: int) -> Path:
-    return Path(index_root) / f"{dataset}.{slug(model)}.{slug(factory)}.s{shards}"
+def dense_index_dir(index_root: str | Path, dataset: str, model: str, factory: str, shards: int,
+                    backend: str = "torch") -> Path:
+    suffix = "" if backend == "torch" else f".{backend}"
+    return Path(index_root) / f"{dataset}.{slug(model)}.{slug(factory)}.s{shards}{suffix}"
 
 
 def dense_searcher(ds: BeirDataset, model: str, index_root: str | Path, shards: int = 4, factory: str = "Flat",
-                   batch_size: int = 64, precision: str = "auto", progress: bool = True) -> DenseSearcher:
-    """Build (or reuse, when finished with the same settings) the dataset's index for ``model``; search it."""
-    root = dense_index_dir(index_root, ds.name, model, factory, shards)
-    encoder = BiEncoder.from_pretrained(model)
+                   batch_size: int = 64, precision: str = "auto", progress: bool = True, backend: str = "torch",
+                   calibration: int = DEFAULT_PASSAGES) -> DenseSearcher:
+    """Build (or reuse, when finished with the same settings) the dataset's index for ``model``; search it.
+    ``onnx-int8`` calibrates on ``calibration`` passages drawn (seeded) from the corpus."""
+    root = dense_index_dir(index_root, ds.name, model, factory, shards, backend)
+    sample = None
+    if backend == "onnx-int8":
+        sample = Calibration.sample([doc.contents for doc in ds.corpus.values()], calibration)
+    encoder = BiEncoder.from_pretrained(model, backend=backend, calibration=sample)
     source = corpus_source(ds.corpus, shards, {"path": str(ds.path.resolve() / "corpus.jsonl")})
     build_index(source, encoder, root, model=model, factory=factory, batch_size=batch_size, precision=precision,
                 progress=progress)
@@ -83,7 +96,7 @@ def dense_searcher(ds: BeirDataset, model: str, index_root: str | Path, shards: 
 
 def dense_run(args: EvalArgs, ds: BeirDataset) -> Run:
     searcher = dense_searcher(ds, args.model, args.index_root, args.shards, args.factory, args.batch_size,
-                              args.precision)
+                              args.precision, backend=args.backend, calibration=args.calibration)
     return searcher.search(ds.queries, k=args.k)
 
 
@@ -95,7 +108,7 @@ def bm25_run(args: EvalArgs, ds: BeirDataset) -> Run:
 def evaluate(args: EvalArgs, command: str) -> list[dict]:
     out = Path(args.output_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    label = args.label or slug(args.model)
+    label = args.label or slug(args.model) + ("" if args.backend == "torch" else f"+{args.backend}")
     rows: list[dict] = []
     for data in args.data:
         ds = load_beir(ensure_dataset(Path(data).parent, Path(data).name), split=args.split)

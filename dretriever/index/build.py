@@ -4,6 +4,7 @@ Layout of an index folder::
 
     manifest.json             encoder settings + fingerprint, faiss factory, per-shard state, sizes and sha256
     trained.index             (IVF/PQ factories only) the empty index trained once on a sample across shards
+    calibration.jsonl         (backend onnx-int8 only) the passages its int8 graph is calibrated on
     shard-00000/index         faiss.write_index  }  exactly what pyserini's FaissSearcher loads
     shard-00000/docid         one id per line     }
     shard-00000/docid.offsets byte offset of each id (docids are looked up memory-mapped, never listed)
@@ -51,7 +52,7 @@ from ..heap import trim_heap
 from ..stages import StageClock, current, stage, staged_iter
 from . import manifest as mf
 from . import vectors as vf
-from .atomic import fsync_dir, sha256_file
+from .atomic import fsync_dir, sha256_file, write_text_atomic
 from .docids import write_docids
 from .docstore import FILENAME as DOCSTORE
 from .docstore import DocStore, DocStoreWriter, DuplicateId, finalize_docstore
@@ -136,6 +137,10 @@ def encoder_info(encoder, model: str) -> dict:
     }
     if getattr(encoder, "backend", "torch") != "torch":  # absent: torch (the manifests written before backends)
         info["backend"] = encoder.backend
+    if info.get("backend") == "onnx-int8":  # the passages its int8 graph is calibrated on, kept with the index
+        if encoder.calibration is None:
+            raise DretrieverError("backend: 'onnx-int8' needs calibration passages drawn from the corpus")
+        info["calibration"] = encoder.calibration.describe()
     return info
 
 
@@ -293,6 +298,7 @@ class Builder:
             for stale in out.glob(".*.tmp-*"):  # partial work of a killed run; no process of this run writes yet
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
             self._recheck_done_shards(old)
+            self._store_calibration()
             log.info("%s: resuming (%d of %d shards done)", out,
                      sum(e["state"] == "done" for e in mf.read_manifest(out)["shards"]), old["num_shards"])
             return
@@ -305,6 +311,12 @@ class Builder:
             shutil.copyfile(self.s.trained_from, out / TRAINED)
             manifest["faiss"].update(trained_index=TRAINED, train_sample=None)
         mf.write_manifest(out, manifest)
+        self._store_calibration()
+
+    def _store_calibration(self) -> None:
+        """``onnx-int8``: the calibration passages beside the manifest that names them (the query side reads them)."""
+        if self.info is not None and "calibration" in self.info:
+            write_text_atomic(self.out / self.info["calibration"]["file"], self.encoder.calibration.lines())
 
     def _recheck_done_shards(self, manifest: dict) -> None:
         """A done shard whose files fail their checksums is rebuilt: back to staging (or restaged)."""

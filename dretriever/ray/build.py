@@ -38,6 +38,7 @@ from ..index import vectors as vf
 from ..index.build import Builder, BuildSettings, ShardedSource, _commit_chunk, finish_shard, partial_dir
 from ..index.docstore import FILENAME as DOCSTORE
 from ..index.docstore import DocStore
+from ..quantize import CALIBRATION_FILE, Calibration
 from . import connect
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class EncodeChunks:
 
         torch.set_num_threads(max(1, threads))
         self.out = Path(out)
-        self.encoder = BiEncoder.from_pretrained(model, backend=backend)
+        calibration = Calibration.read(self.out / CALIBRATION_FILE) if backend == "onnx-int8" else None
+        self.encoder = BiEncoder.from_pretrained(model, backend=backend, calibration=calibration)
         if self.encoder.fingerprint() != fingerprint:  # another model under the same name on this node
             raise DretrieverError(f"model: {model} on {os.uname().nodename} differs from the driver's "
                                   f"(fingerprint {self.encoder.fingerprint()[:12]} vs {fingerprint[:12]})")

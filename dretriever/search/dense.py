@@ -11,6 +11,7 @@ from ..errors import DretrieverError
 from ..heap import gc_paused
 from ..index.build import ENCODER_SETTINGS as SETTINGS
 from ..index.sharded import ShardedIndex
+from ..quantize import Calibration
 from .types import Run
 
 
@@ -28,6 +29,14 @@ def check_encoder(manifest: dict, encoder: BiEncoder, where: str | Path) -> None
             f"built with ({built['fingerprint'][:12]}, {built['model']})")
 
 
+def index_calibration(built: dict, where: str | Path) -> Calibration:
+    """The calibration passages an ``onnx-int8`` index was built with (checked against the manifest's sha256)."""
+    if "calibration" not in built:
+        raise DretrieverError(f"{where}: backend onnx-int8 needs the calibration passages of an index built with "
+                              f"it; this one was built with {built.get('backend', 'torch')}")
+    return Calibration.read(Path(where) / built["calibration"]["file"]).check(built["calibration"], where)
+
+
 def encoder_for_index(manifest: dict, where: str | Path, model: str | None = None,
                       backend: str | None = None) -> BiEncoder:
     """Load the query encoder with exactly the index's settings (pooling, prefixes, lengths) and its inference
@@ -39,7 +48,9 @@ def encoder_for_index(manifest: dict, where: str | Path, model: str | None = Non
     if built is None:
         raise DretrieverError(f"{where}: the index records no encoder, so {model} cannot be checked against it; "
                               "re-import the vectors with --model")
-    encoder = BiEncoder.from_pretrained(model or built["model"], backend=backend or built.get("backend", "torch"),
+    backend = backend or built.get("backend", "torch")
+    encoder = BiEncoder.from_pretrained(model or built["model"], backend=backend,
+                                        calibration=index_calibration(built, where) if backend == "onnx-int8" else None,
                                         **{k: built[k] for k in SETTINGS})
     check_encoder(manifest, encoder, where)
     return encoder

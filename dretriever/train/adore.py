@@ -173,18 +173,19 @@ class Adore:
     def candidates(self, qvecs: np.ndarray, qids: list[str], epoch: int = 0):
         """Per query: hits (shard, position) of the top_k plus appended missed positives, their ranks and their
         labels (the judged grade, 0 for unjudged documents)."""
-        _, hits = self.index.search(qvecs, self.args.top_k)
+        scores, shard_of, pos = self.index.search_arrays(qvecs, self.args.top_k)
         rows = []
-        for qid, row in zip(qids, hits):
-            row = list(row)
+        for b, (qid, top) in enumerate(zip(qids, self.index.rows(scores, shard_of, pos))):  # ids read in bulk
+            live = pos[b] >= 0
+            row = list(zip(shard_of[b, live].tolist(), pos[b, live].tolist()))
+            ids = [d for d, _, _ in top]
             ranks = list(range(1, len(row) + 1))
-            found = {self.index.docid(s, i) for s, i in row}
-            for d in self.appended(qid, found, epoch):
+            for d in self.appended(qid, set(ids), epoch):
+                ids.append(d)
                 row.append(self.position[d])
                 ranks.append(self.args.top_k + 1)
             grades = self.data.qrels[qid]
-            labels = [grades.get(self.index.docid(s, i), 0) for s, i in row]
-            rows.append((row, ranks, labels))
+            rows.append((row, ranks, [grades.get(d, 0) for d in ids]))
         return rows
 
     def loss(self, encoder, batch):
