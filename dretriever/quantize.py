@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from .data.jsonl import read_jsonl
 from .errors import DataError, DretrieverError
 from .runtime import feed
 
@@ -56,19 +57,15 @@ class Calibration:
 
     @classmethod
     def read(cls, path: str | Path) -> "Calibration":
+        """The passages of a ``calibration.jsonl`` (one ``{"text": ...}`` per line); bad lines named as file:line."""
         path = Path(path)
         if not path.is_file():
             raise DretrieverError(f"{path}: the index's calibration passages are missing (backend onnx-int8)")
         texts = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                try:
-                    text = json.loads(line)["text"]
-                except (ValueError, KeyError, TypeError):
-                    raise DataError(path, 'expected {"text": "..."}', number) from None
-                if not isinstance(text, str):
-                    raise DataError(path, f"'text' must be a string, got {type(text).__name__}", number)
-                texts.append(text)
+        for number, obj in read_jsonl(path):
+            if not isinstance(obj.get("text"), str):
+                raise DataError(path, 'expected {"text": "..."} with a string', number)
+            texts.append(obj["text"])
         return cls(tuple(texts))
 
     def lines(self) -> str:
@@ -83,6 +80,10 @@ class Calibration:
         return {"file": CALIBRATION_FILE, "passages": len(self.texts), "sha256": self.sha256, "recipe": RECIPE}
 
     def check(self, recorded: dict, where) -> "Calibration":
+        """This calibration, if it is the one ``recorded`` in an index's manifest, under this version's recipe."""
+        if recorded.get("recipe") != RECIPE:
+            raise DretrieverError(f"{where}: built with the int8 recipe {recorded.get('recipe')!r}, but this version "
+                                  f"quantises with {RECIPE!r}: rebuild the index, or search it with backend onnx")
         if recorded.get("sha256") != self.sha256:
             raise DretrieverError(f"{where}: {CALIBRATION_FILE} (sha256 {self.sha256[:12]}) is not the calibration "
                                   f"the index was built with ({str(recorded.get('sha256'))[:12]})")

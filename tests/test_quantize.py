@@ -36,6 +36,12 @@ def test_calibration_is_a_seeded_sample_in_corpus_order_and_reads_back(tmp_path)
     path.write_text('{"text": "ok"}\n{"txt": "no"}\n')
     with pytest.raises(DataError, match=rf"{CALIBRATION_FILE}:2"):
         Calibration.read(path)
+    path.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+    with pytest.raises(DataError, match=rf"{CALIBRATION_FILE}:2"):
+        Calibration.read(path)
+    assert back.check(back.describe(), "idx") is back
+    with pytest.raises(DretrieverError, match="rebuild the index"):
+        back.check({**back.describe(), "recipe": "int8-qdq-v0"}, "idx")
     with pytest.raises(DretrieverError, match="at least 1"):
         Calibration.sample(texts, 0)
 
