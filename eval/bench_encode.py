@@ -41,6 +41,7 @@ for p in (str(REPO), str(REPO / "eval")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from bench_search import interleaved  # noqa: E402
 from hardware import describe, encoder_flops, gemm_ceiling, machine  # noqa: E402
 
 
@@ -193,10 +194,8 @@ def main(argv=None) -> int:
         sub_flops = encoder_flops(config, lengths[:args.sweep_texts])
         n = args.sweep_repeats
         print(f"\nsweep on {len(subset)} texts ({'one timing each' if n == 1 else f'median of {n} rounds'}):")
-        secs = {s.name: [] for s in st + ours}
-        for _ in range(n):  # rounds: every setting once per round, so a drift of the machine hits them all
-            for s in st + ours:
-                secs[s.name].append(timed(s, subset)[0])
+        # rounds: every setting once per round, so a drift of the machine hits them all
+        secs, _ = interleaved({s.name: lambda s=s: s.run(subset) for s in st + ours}, n)
         for name, times in secs.items():
             sweep[name] = len(subset) / statistics.median(times)
             print(f"  {name:55s} {sweep[name]:8.1f} texts/s  {sub_flops * sweep[name] / len(subset) / 1e9:6.1f} "
