@@ -168,9 +168,11 @@ class DenseScorer:
             missing += [(n, d) for d in sorted(extra.get(qid, set()) - have)]
         if missing:
             docs = sorted({d for _, d in missing})
-            dvecs = self.searcher.encoder.encode_docs([self.corpus[d].contents for d in docs],
-                                                      batch_size=self.searcher.batch_size,
-                                                      precision=self.searcher.precision)
+            dvecs = self.searcher.index.vectors_of(docs)  # the index's own vectors: the scores of the top-k
+            if dvecs is None:  # an index without exact vectors (IVF-PQ, HNSW): encode them
+                dvecs = self.searcher.encoder.encode_docs([self.corpus[d].contents for d in docs],
+                                                          batch_size=self.searcher.batch_size,
+                                                          precision=self.searcher.precision)
             row_of = {d: i for i, d in enumerate(docs)}
             for n, d in missing:
                 run[qids[n]].append((d, float(qvecs[n] @ dvecs[row_of[d]])))

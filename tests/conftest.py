@@ -74,6 +74,28 @@ def scifact_small(scifact_dir, tmp_path_factory) -> Path:
     return out
 
 
+def query_texts(beir_dir: Path, n: int | None = None) -> list[str]:
+    """The first ``n`` query texts of a BEIR folder (all of them by default)."""
+    return [json.loads(line)["text"] for line in (beir_dir / "queries.jsonl").open()][:n]
+
+
+def corpus_head(beir_dir: Path, n: int, out: Path) -> Path:
+    """The first ``n`` lines of a BEIR folder's corpus, written to ``out`` (a JSONL file)."""
+    out.write_text("".join((beir_dir / "corpus.jsonl").read_text().splitlines(keepends=True)[:n]))
+    return out
+
+
+def small_datastore(beir_dir: Path, model: Path, root: Path, docs: int, shards: int, **kw) -> Path:
+    """A datastore of a BEIR corpus's first ``docs`` documents in 40-word passages (overlap 10), at ``root/ds``
+    (the servers' tests; ``kw``: more :class:`DatastoreArgs`)."""
+    from dretriever.index.datastore import DatastoreArgs, build_datastore
+
+    corpus = corpus_head(beir_dir, docs, root / "corpus.jsonl")
+    build_datastore(DatastoreArgs(sources=[str(corpus)], output=str(root / "ds"), model=str(model), shards=shards,
+                                  chunking="words", chunk_size=40, chunk_overlap=10, progress=False, **kw))
+    return root / "ds"
+
+
 def make_tiny_bert(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
     """A randomly initialised BERT with MiniLM's tokenizer, saved as a dretriever encoder at ``path``."""
     import torch

@@ -107,6 +107,11 @@ def test_add_delete_readd_equals_a_fresh_build(scifact_sequence, tiny_model, tmp
     assert (r4.generation, r4.replaced_documents) == (4, 100)
     a = Retriever.load(live, precision="fp32")
     assert_same_results(a, b, queries, "dense")
+    # stored vectors by id read the live row of a replaced passage, never its tombstoned one
+    ids = sorted(b.index.positions)
+    assert sorted(a.index.positions) == ids and len(ids) == len(b.index)
+    np.testing.assert_allclose(a.index.vectors_of(ids), b.index.vectors_of(ids), atol=1e-5)
+    assert a.index.vectors_of(ids[:3] + ["no-such-passage"]) is None
     manifest = mf.read_manifest(live)
     # GC kept generations 3 and 4 only: generation 2's shard folders and files are gone, 3's are there
     assert sorted(p.name for p in (live / gen.GENERATIONS).iterdir()) == ["000003.json", "000004.json"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -13,7 +14,7 @@ from dretriever.encoder import DEFAULT_MAX_TOKENS, INT8_DOC_MAX_TOKENS, BiEncode
 from dretriever.errors import DataError, DretrieverError
 from dretriever.quantize import CALIBRATION_FILE, RECIPE, Calibration, weighted_matmuls
 
-from .conftest import assert_same_ranking
+from .conftest import assert_same_ranking, query_texts
 from .test_encoder import DOCS, QUERIES
 
 
@@ -87,7 +88,7 @@ def test_int8_graph_follows_the_recipe_and_is_cached_by_weights_and_calibration(
     assert len(list((model / "onnx").glob(f"*-{RECIPE}-*.onnx"))) == 2  # another calibration, another graph
 
 
-def test_int8_index_keeps_its_calibration_and_the_query_side_uses_it(scifact_small, tiny_model, tmp_path):
+def test_int8_index_keeps_its_calibration_and_the_query_side_uses_it(scifact_small, tiny_model, tmp_path, capsys):
     from dretriever.cli import main
     from dretriever.search.retriever import Retriever
 
@@ -96,7 +97,7 @@ def test_int8_index_keeps_its_calibration_and_the_query_side_uses_it(scifact_sma
     lines = (scifact_small / "corpus.jsonl").read_text().splitlines(keepends=True)[:120]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(lines))
-    queries = [json.loads(line)["text"] for line in (scifact_small / "queries.jsonl").open()][:20]
+    queries = query_texts(scifact_small, 20)
     built = {}
     for backend in ("onnx", "onnx-int8"):
         built[backend] = tmp_path / backend
@@ -121,9 +122,13 @@ def test_int8_index_keeps_its_calibration_and_the_query_side_uses_it(scifact_sma
     for a, b in zip(again, int8.batch_search(queries, 10)):
         assert_same_ranking([h.id for h in a], [h.score for h in a], [h.id for h in b], [h.score for h in b], 0)
 
+    assert main(["index", "verify", "--index", str(root)]) == 0
+    assert f"{CALIBRATION_FILE}: ok" in capsys.readouterr().out
     (root / CALIBRATION_FILE).write_text(Calibration(("another",)).lines())
     with pytest.raises(DretrieverError, match="not the calibration"):
         Retriever.load(root)
+    assert main(["index", "verify", "--index", str(root)]) == 1  # index verify checks the calibration too
+    assert re.search(rf"{CALIBRATION_FILE}: .*is not the calibration.*\n.*1 problem", capsys.readouterr().out)
     (root / CALIBRATION_FILE).unlink()
     with pytest.raises(DretrieverError, match="calibration passages are missing"):
         Retriever.load(root)

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import query_texts, small_datastore
 from tests.test_server import same_answers, serving
 
-from dretriever.index.datastore import DatastoreArgs, build_datastore
 from dretriever.search.retriever import Retriever
 from dretriever.search.server import create_app
 
@@ -30,18 +30,13 @@ LIMITS = dict(max_k=50, max_batch=4, max_query_chars=300, max_body_bytes=2000)
 
 @pytest.fixture(scope="module")
 def datastore(scifact_small, tiny_model, tmp_path_factory) -> Path:
-    lines = (scifact_small / "corpus.jsonl").read_text().splitlines(keepends=True)[:80]
-    root = tmp_path_factory.mktemp("ray_serve")
-    (root / "corpus.jsonl").write_text("".join(lines))
-    build_datastore(DatastoreArgs(sources=[str(root / "corpus.jsonl")], output=str(root / "ds"),
-                                  model=str(tiny_model), shards=4, chunking="words", chunk_size=40,
-                                  chunk_overlap=10, bm25=True, progress=False))
-    return root / "ds"
+    return small_datastore(scifact_small, tiny_model, tmp_path_factory.mktemp("ray_serve"), docs=80, shards=4,
+                           bm25=True)
 
 
 @pytest.fixture(scope="module")
 def queries(scifact_small) -> list[str]:
-    return [json.loads(line)["text"] for line in (scifact_small / "queries.jsonl").open()][:8]
+    return query_texts(scifact_small, 8)
 
 
 @pytest.fixture(scope="module")

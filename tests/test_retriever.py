@@ -14,22 +14,19 @@ from dretriever.index.datastore import BM25_DIR, DatastoreArgs, build_datastore,
 from dretriever.search.bm25 import BM25Searcher
 from dretriever.search.retriever import Retriever
 
-from .conftest import assert_same_ranking
+from .conftest import assert_same_ranking, corpus_head, query_texts
 
 CHUNKS = dict(chunking="words", chunk_size=32, chunk_overlap=8)
 
 
 @pytest.fixture(scope="module")
 def corpus(scifact_small, tmp_path_factory) -> Path:
-    lines = (scifact_small / "corpus.jsonl").read_text().splitlines(keepends=True)[:150]
-    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    path.write_text("".join(lines))
-    return path
+    return corpus_head(scifact_small, 150, tmp_path_factory.mktemp("corpus") / "corpus.jsonl")
 
 
 @pytest.fixture(scope="module")
 def queries(scifact_small) -> list[str]:
-    return [json.loads(line)["text"] for line in (scifact_small / "queries.jsonl").open()][:25]
+    return query_texts(scifact_small, 25)
 
 
 @pytest.fixture(scope="module")

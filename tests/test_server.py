@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -17,9 +16,8 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.conftest import assert_same_ranking
+from tests.conftest import assert_same_ranking, query_texts, small_datastore
 
-from dretriever.index.datastore import DatastoreArgs, build_datastore
 from dretriever.search.retriever import Retriever
 from dretriever.search.server import API_KEY_ENV, create_app
 
@@ -29,18 +27,12 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def datastore(scifact_small, tiny_model, tmp_path_factory) -> Path:
-    lines = (scifact_small / "corpus.jsonl").read_text().splitlines(keepends=True)[:60]
-    root = tmp_path_factory.mktemp("server")
-    (root / "corpus.jsonl").write_text("".join(lines))
-    build_datastore(DatastoreArgs(sources=[str(root / "corpus.jsonl")], output=str(root / "ds"),
-                                  model=str(tiny_model), shards=2, chunking="words", chunk_size=40,
-                                  chunk_overlap=10, progress=False))
-    return root / "ds"
+    return small_datastore(scifact_small, tiny_model, tmp_path_factory.mktemp("server"), docs=60, shards=2)
 
 
 @pytest.fixture(scope="module")
 def queries(scifact_small) -> list[str]:
-    return [json.loads(line)["text"] for line in (scifact_small / "queries.jsonl").open()][:16]
+    return query_texts(scifact_small, 16)
 
 
 @pytest.fixture(scope="module")

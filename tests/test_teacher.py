@@ -8,6 +8,7 @@ import pytest
 
 from dretriever.cli import main as cli_main
 from dretriever.data.beir import load_beir
+from dretriever.encoder import BiEncoder
 from dretriever.errors import DataError, DretrieverError
 from dretriever.teacher import TeacherArgs, read_teacher_scores, write_teacher_scores
 
@@ -56,16 +57,22 @@ def test_bm25_teacher_scores_positives_like_the_search_does(tmp_path, index_root
     assert compared >= 5
 
 
-def test_dense_teacher_scores_positives_like_the_index(tmp_path, index_root, scifact_small, tiny_model, ds):
-    shallow = run_teacher(tmp_path, index_root, scifact_small, "dense-2", teacher="dense", model=str(tiny_model), depth=2)
+def test_dense_teacher_scores_positives_like_the_index(tmp_path, index_root, scifact_small, tiny_model, ds,
+                                                       monkeypatch):
     full = run_teacher(tmp_path, index_root, scifact_small, "dense-all", teacher="dense", model=str(tiny_model), depth=len(ds.corpus))
+
+    def no_encoding(*a, **kw):
+        raise AssertionError("the teacher re-encoded documents its index holds")
+
+    monkeypatch.setattr(BiEncoder, "encode_docs", no_encoding)  # the index is built: appended positives read it
+    shallow = run_teacher(tmp_path, index_root, scifact_small, "dense-2", teacher="dense", model=str(tiny_model), depth=2)
     check_layout(shallow, ds, 2)
     compared = 0
     for qid, hits in shallow.items():
         ref = dict(full[qid])
         assert len(ref) == len(ds.corpus)
-        for docid, score in hits:
-            assert score == pytest.approx(ref[docid], abs=1e-4)
+        for docid, score in hits:  # appended positives are scored with the index's own vectors, not re-encoded
+            assert score == pytest.approx(ref[docid], abs=1e-6)
             compared += 1
         assert [d for d, _ in hits[:2]] == [d for d, _ in full[qid][:2]]
     assert compared > 2 * len(shallow)

@@ -1,4 +1,5 @@
-"""Check every file of every shard against the sha256 recorded in the manifest (opening checks sizes only)."""
+"""Check every file of every shard against the sha256 recorded in the manifest (opening checks sizes only), and
+an ``onnx-int8`` index's calibration passages against theirs (the query side needs them to quantise alike)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import parse
+from ..errors import DretrieverError
 from ..index import manifest as mf
+from ..quantize import Calibration
 
 
 @dataclass
@@ -23,6 +26,14 @@ def main(argv) -> int:
         problem = mf.shard_problem(root, entry, full=True)
         bad += problem is not None
         print(f"{entry['dir']}: {problem or 'ok'}")
+    recorded = (manifest.get("encoder") or {}).get("calibration")
+    if recorded:
+        try:
+            Calibration.read(root / recorded["file"]).check(recorded, root)
+            print(f"{recorded['file']}: ok")
+        except DretrieverError as e:
+            print(f"{recorded['file']}: {e}")
+            bad += 1
     if not manifest.get("complete"):
         print(f"{root}: the build is not complete")
         bad += 1

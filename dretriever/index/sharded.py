@@ -118,6 +118,7 @@ class ShardedIndex:
         self._pool_lock = threading.Lock()
         self.rerank = 0
         self.exact_limit = EXACT_LIMIT
+        self._positions: dict[str, tuple[int, int]] | None = None
         self.search_params: dict = {}
         self.last_plan = ""  # how the last search ran: exact | index | index+exhaustive (benchmarks print it)
         self.filter_keys: dict[str, str] = manifest.get("filter_keys") or {}
@@ -373,6 +374,33 @@ class ShardedIndex:
         flat = list(zip(ids.tolist(), scores[found].tolist(), shards.tolist()))
         ends = np.cumsum(found.sum(axis=1)).tolist()
         return [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]
+
+    @property
+    def positions(self) -> dict[str, tuple[int, int]]:
+        """``docid -> (shard, position)`` of every live row, built on first use (an index small enough to hold
+        its ids in a dict: the trainers' and the teacher's corpora)."""
+        if self._positions is None:
+            self._positions = {}
+            for s, shard in enumerate(self.shards):
+                dead = set(shard.deleted.tolist())
+                self._positions.update((d, (s, i)) for i, d in enumerate(shard.docids) if i not in dead)
+        return self._positions
+
+    def vectors_of(self, docids: list[str]) -> np.ndarray | None:
+        """The stored float32 vectors of ``docids``, in order: what encoding them with the index's document
+        model gives, without encoding. ``None`` when a docid is not in the index or a shard keeps no exact
+        vectors (neither kept vectors nor a Flat index); the caller then encodes."""
+        where = [self.positions.get(d) for d in docids]
+        if any(w is None for w in where) or not all(self.shards[s].scannable() for s in {w[0] for w in where}):
+            return None
+        out = np.empty((len(docids), self.dim), dtype=np.float32)
+        shard_of = np.array([w[0] for w in where], dtype=np.int64)
+        pos = np.array([w[1] for w in where], dtype=np.int64)
+        for s in np.unique(shard_of):
+            at = np.flatnonzero(shard_of == s)
+            order = np.argsort(pos[at], kind="stable")
+            out[at[order]] = self.shards[int(s)].rows(pos[at][order])
+        return out
 
     def texts(self, shard: int, docids: list[str]) -> dict[str, dict]:
         return self.shards[shard].store.get_many(docids)

@@ -134,7 +134,7 @@ class Adore:
             encoder.doc_model = copy.deepcopy(encoder.query_model)
         for p in encoder.doc_model.parameters():
             p.requires_grad_(False)
-        self.position = {d: (s, i) for s, shard in enumerate(self.index.shards) for i, d in enumerate(shard.docids)}
+        self.position = self.index.positions
         self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries, dev_split=ta.dev_split)
         missing = {d for q in self.data.queries for d in self.data.positives(q) if d not in self.position}
         if missing:
@@ -223,12 +223,12 @@ class Adore:
     def dev_doc_vectors(self, doc_ids: list[str]) -> np.ndarray | None:
         """The fixed index vectors of the dev documents (what encoding them would give: the document tower never
         trains), or None when the index lacks one of them."""
-        missing = [d for d in doc_ids if d not in self.position]
-        if missing:
+        vectors = self.index.vectors_of(doc_ids)
+        if vectors is None:
+            missing = [d for d in doc_ids if d not in self.position]
             log.warning("dev corpus: %s lacks %d of the %d dev documents (e.g. %r); they are encoded instead",
-                        self.index.root, len(missing), len(doc_ids), missing[0])
-            return None
-        return doc_vectors(self.index, [self.position[d] for d in doc_ids])
+                        self.index.root, len(missing), len(doc_ids), missing[:1])
+        return vectors
 
     def trainable_parameters(self, encoder):
         return list(encoder.query_model.parameters())
