@@ -159,3 +159,19 @@ def test_cli_errors(tmp_path, scifact_small, capsys):
     assert cli_main(["teacher", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "x.jsonl"),
                      "--teacher", "bm25"]) == 2
     assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_teacher_positives_reports_where_the_teacher_ranks_judged_documents(tmp_path, capsys):
+    from eval.teacher_positives import main as teacher_positives
+
+    teacher = tmp_path / "teacher.jsonl"
+    teacher.write_text(json.dumps({"qid": "q1", "docids": ["b", "a", "d", "c"], "scores": [4.0, 3.0, 2.0, 1.0]}) + "\n"
+                       + json.dumps({"qid": "q2", "docids": ["x", "y"], "scores": [5.0, 1.0]}) + "\n")
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\ta\t1\nq1\tc\t1\nq2\tx\t1\nq2\ty\t0\n")
+    assert teacher_positives(["--teacher", str(teacher), "--qrels", str(qrels), "--depth", "2"]) == 0
+    out = capsys.readouterr().out
+    # positives at ranks 2, 4 (q1) and 1 (q2); beyond the top 2: one of three
+    assert "3 judged positives" in out and "median rank of a positive 2; in the top 10 100.0%; beyond the top 2 33.3%" in out
+    # q1: whichever positive is drawn, its one top-2 candidate (b, 4.0) is above it; q2: y (1.0) is below x (5.0)
+    assert "scores 50.0% of its query's candidates above it (mean over 2 queries)" in out
