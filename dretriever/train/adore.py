@@ -222,12 +222,14 @@ class Adore:
 
     def dev_doc_vectors(self, doc_ids: list[str]) -> np.ndarray | None:
         """The fixed index vectors of the dev documents (what encoding them would give: the document tower never
-        trains), or None when the index lacks one of them."""
+        trains), or None when the index lacks one of them or keeps no exact vectors."""
         vectors = self.index.vectors_of(doc_ids)
-        if vectors is None:
-            missing = [d for d in doc_ids if d not in self.position]
+        missing = [d for d in doc_ids if d not in self.position] if vectors is None else []
+        if missing:
             log.warning("dev corpus: %s lacks %d of the %d dev documents (e.g. %r); they are encoded instead",
-                        self.index.root, len(missing), len(doc_ids), missing[:1])
+                        self.index.root, len(missing), len(doc_ids), missing[0])
+        elif vectors is None:
+            log.warning("dev corpus: %s keeps no exact vectors; the dev documents are encoded instead", self.index.root)
         return vectors
 
     def trainable_parameters(self, encoder):
