@@ -48,3 +48,23 @@ def test_train_killed_at_random_moments_ends_like_an_uninterrupted_run(tiny_mode
     report, steps = train_kill_run(tmp_path, tiny_model, kills=2, caplog=caplog)
     assert steps == 16
     assert report.kills_landed == 2, report  # both kills fell inside the run, before its end
+
+
+def test_a_rerun_removes_what_a_killed_write_left(tiny_model, tmp_path):
+    """A kill inside an atomic write leaves its temporary, named by the dead process; the next run in the folder
+    removes every such leftover (the random kills above land there only by chance)."""
+    data = make_toy_beir(tmp_path / "toy")
+    write_random_negatives(data, data / "neg.jsonl")
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "star.yaml", output_dir=str(out), method="star", model=str(tiny_model),
+                          data=str(data), negatives=str(data / "neg.jsonl"), neg_depth=10, batch_size=4, max_steps=2,
+                          save_steps=2, precision="fp32", progress=False)
+    assert cli_main(["train", str(recipe)]) == 0
+    left = [out / ".train_args.json.tmp-999999", out / "final" / ".config.json.tmp-999999",
+            out / ".final.tmp-999999" / "model.safetensors", out / "checkpoints" / ".tmp-step-0000004" / "model.pt"]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half-written")
+    assert cli_main(["train", str(recipe)]) == 0  # resumes at its last checkpoint (the end) and saves final again
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    assert (out / "final").is_dir() and (out / "train_args.json").is_file()

@@ -135,6 +135,7 @@ def train(args: TrainArgs, method, command: str = "") -> dict:
     out = Path(args.output_dir)
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out)
     set_seed(args.seed)
 
     encoder = load_encoder(args)
@@ -411,6 +412,18 @@ def load_encoder(args: TrainArgs) -> BiEncoder:
 def method_args_dict(method) -> dict:
     a = getattr(method, "args", None)
     return dict(vars(a)) if a is not None and hasattr(a, "__dict__") else {}
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """What a run killed in mid-write left in its folder: the temporaries of atomic writes (``.NAME.tmp-PID``,
+    named by the dead process) and a checkpoint in the making (``checkpoints/.tmp-step-N``). Nothing else
+    writes there while a run starts, so they are removed."""
+    for path in sorted(out.rglob(".*"), key=lambda p: len(p.parts)):  # parents first
+        if ".tmp" in path.name:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink(missing_ok=True)
 
 
 def _save_encoder(encoder: BiEncoder, path: Path) -> None:
