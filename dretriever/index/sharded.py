@@ -393,9 +393,14 @@ class ShardedIndex:
         where = [self.positions.get(d) for d in docids]
         if any(w is None for w in where) or not all(self.shards[s].scannable() for s in {w[0] for w in where}):
             return None
-        out = np.empty((len(docids), self.dim), dtype=np.float32)
-        shard_of = np.array([w[0] for w in where], dtype=np.int64)
-        pos = np.array([w[1] for w in where], dtype=np.int64)
+        return self.vectors_at(where)
+
+    def vectors_at(self, hits: list[tuple[int, int]]) -> np.ndarray:
+        """The stored float32 vectors of ``(shard, position)`` hits, in order, one gather per shard (kept vectors,
+        else the Flat index's; faiss raises ``RuntimeError`` for an index that stores neither)."""
+        out = np.empty((len(hits), self.dim), dtype=np.float32)
+        shard_of = np.array([h[0] for h in hits], dtype=np.int64)
+        pos = np.array([h[1] for h in hits], dtype=np.int64)
         for s in np.unique(shard_of):
             at = np.flatnonzero(shard_of == s)
             order = np.argsort(pos[at], kind="stable")

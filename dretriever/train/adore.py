@@ -103,18 +103,11 @@ def check_index_matches(index: ShardedIndex, encoder: BiEncoder) -> None:
 
 def doc_vectors(index: ShardedIndex, hits: list[tuple[int, int]]) -> np.ndarray:
     """The stored vectors of ``(shard, position)`` hits, in order."""
-    out = np.empty((len(hits), index.dim), dtype=np.float32)
-    by_shard: dict[int, list[int]] = {}
-    for n, (s, _) in enumerate(hits):
-        by_shard.setdefault(s, []).append(n)
-    for s, rows in by_shard.items():
-        ids = np.array([hits[n][1] for n in rows], dtype=np.int64)
-        try:
-            out[rows] = index.shards[s].index.reconstruct_batch(ids)
-        except RuntimeError as e:  # faiss raises RuntimeError for indexes without stored vectors
-            raise DretrieverError(f"index: {index.shards[s].dir} cannot return its vectors ({e}); build a Flat "
-                                  "index for ADORE") from None
-    return out
+    try:
+        return index.vectors_at(hits)
+    except RuntimeError as e:  # faiss raises RuntimeError for indexes without stored vectors
+        raise DretrieverError(f"index: {index.root} cannot return its vectors ({e}); build a Flat index "
+                              "for ADORE") from None
 
 
 class Adore:

@@ -422,7 +422,7 @@ def _remove_stale_temporaries(out: Path) -> None:
         if ".tmp" in path.name:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
-            elif path.exists():
+            else:
                 path.unlink(missing_ok=True)
 
 
