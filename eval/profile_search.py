@@ -5,7 +5,8 @@ Each stage is timed on its own, ``--runs`` times (medians), with Python's garbag
 built once more with the collector on, to show what it costs. The fp32 linear layers' share of the encoding
 is read from torch's profiler on one more encoding.
 
-    python eval/profile_search.py --index indexes/scifact.datastore-flat --data $BEIR_DATA/scifact --precision fp32
+    python eval/profile_search.py --index indexes/scifact.datastore-flat --data $BEIR_DATA/scifact --precision fp32 \
+        [--backend onnx]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ProfileArgs:
     index: str = field(metadata={"help": "a Flat or IVF datastore / index folder"})
     data: str = field(default_factory=lambda: os.path.join(os.environ.get("BEIR_DATA", "../shared/beir"), "scifact"))
     precision: str = "fp32"
+    backend: str = field(default="", metadata={"help": "the query encoder's backend (default: the index's)"})
     max_tokens: int = 1024
     k: int = 1000
     runs: int = 5
@@ -49,7 +51,7 @@ def main(argv) -> int:
     args = parse(ProfileArgs, argv)
     print(describe(machine()))
     texts = list(load_beir(args.data, split="test").queries.values())
-    retriever = Retriever.load(args.index, precision=args.precision)
+    retriever = Retriever.load(args.index, precision=args.precision, backend=args.backend or None)
     faiss.omp_set_num_threads(args.threads)
     retriever.dense.max_tokens = args.max_tokens
     retriever.batch_search(texts[:8], 10)  # warm-up
@@ -78,12 +80,16 @@ def main(argv) -> int:
         t = time.perf_counter()
         retriever.batch_search(texts, args.k, with_text=False)
         stages["batch_search"].append(time.perf_counter() - t)
-    print(f"{len(texts)} queries, k={args.k}, precision {args.precision}, max_tokens {args.max_tokens}; "
+    backend = retriever.dense.encoder.backend
+    print(f"{len(texts)} queries, k={args.k}, precision {args.precision}, backend {backend}, "
+          f"max_tokens {args.max_tokens}; "
           f"medians of {args.runs} (seconds):")
     for name, secs in stages.items():
         print(f"  {name:15s} {statistics.median(secs):.3f}")
     if gc_hits:
         print(f"  {'hits, gc on':15s} {statistics.median(gc_hits):.3f}")
+    if backend != "torch":  # torch's profiler sees no operators inside ONNX Runtime
+        return 0
 
     from torch.profiler import ProfilerActivity, profile
 

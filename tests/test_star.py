@@ -36,6 +36,43 @@ def test_mine_excludes_positives_and_keeps_depth(toy, tiny_model, tmp_path):
     assert all(r["scores"] == sorted(r["scores"], reverse=True) for r in rows)
 
 
+def test_best_passage_per_document():
+    from dretriever.commands.mine import best_passage_per_document
+
+    hits = [("a#0", 0.9), ("b#1", 0.8), ("a#2", 0.7), ("x#y#1", 0.5), ("b#0", 0.4)]
+    assert best_passage_per_document(hits) == [("a", 0.9), ("b", 0.8), ("x#y", 0.5)]
+
+
+def test_mine_on_a_datastore_writes_document_ids(toy, tiny_model, tmp_path):
+    """A datastore's rows are passages D#i: mine gives the documents (as Retriever.run ranks them, through the
+    doc store's doc_id column), never passage ids, which match no corpus document and let positives through."""
+    from dretriever.cli import main
+    from dretriever.index.datastore import DatastoreArgs, build_datastore
+    from dretriever.search.retriever import Retriever
+
+    ds = tmp_path / "ds"
+    build_datastore(DatastoreArgs(sources=[str(toy / "corpus.jsonl")], output=str(ds), model=str(tiny_model),
+                                  shards=2, chunking="words", chunk_size=6, chunk_overlap=1, precision="fp32",
+                                  progress=False))
+    manifest = json.loads((ds / "manifest.json").read_text())
+    assert sum(s["num_docs"] for s in manifest["shards"]) > 2 * 48  # several passages per document
+    out = tmp_path / "neg.jsonl"
+    assert main(["mine", "--index", str(ds), "--data", str(toy), "--output", str(out), "--depth", "4",
+                 "--precision", "fp32"]) == 0
+    negs, _ = read_negatives(out)
+    queries = {json.loads(l)["_id"]: json.loads(l)["text"] for l in (toy / "queries.jsonl").read_text().splitlines()}
+    qrels = {}
+    for line in (toy / "qrels" / "train.tsv").read_text().splitlines()[1:]:
+        q, d, _ = line.split("\t")
+        qrels.setdefault(q, set()).add(d)
+    k = 4 + max(map(len, qrels.values())) + 1  # the passages mine searches
+    expected = Retriever.load(str(ds), precision="fp32").run(queries, k=k, mode="dense")
+    assert len(negs) == 32
+    for qid, ids in negs.items():
+        assert ids == [d for d, _ in expected[qid] if d not in qrels[qid] and d != qid][:4]
+        assert ids and not set(ids) & qrels[qid] and all("#" not in d for d in ids)
+
+
 def _star(toy, negatives, tiny_model, out, **over):
     from dretriever.train.star import Star, StarArgs
 

@@ -2,7 +2,9 @@
 
 Every judged query of ``--split`` is searched with the index's own query encoder; its judged documents
 (any relevance, so that partially relevant ones are not used as negatives) and a document whose id
-equals the query id are removed, and the next ``--depth`` ids are written, best first.
+equals the query id are removed, and the next ``--depth`` ids are written, best first. On a datastore
+(``dretriever datastore build``), whose rows are passages ``DOC#i``, each document counts once, at its best
+passage, under its document id: the ids the trainers look up in the BEIR corpus.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..cli import command_line, parse
 from ..data.beir import load_beir
 from ..data.negatives import write_negatives
 from ..errors import DretrieverError
+from ..index.chunking import parent_id
 from ..search.dense import DenseSearcher
 
 log = logging.getLogger(__name__)
@@ -44,19 +47,36 @@ def mine(args: MineArgs, command: str = "") -> dict:
     ds = load_beir(args.data, split=args.split)
     searcher = DenseSearcher.load(args.index, model=args.model, batch_size=args.batch_size, precision=args.precision)
     max_judged = max(len(d) for d in ds.qrels.values())
+    passages = "chunking" in searcher.index.manifest.get("source", {})  # a datastore: rows are passages
     run = searcher.search(ds.queries, k=args.depth + max_judged + 1)
-    rows = []
+    rows, short = [], 0
     for qid in ds.queries:
         judged = ds.qrels.get(qid, {})
-        hits = [(d, s) for d, s in run[qid] if d not in judged and d != qid][:args.depth]
+        ranked = best_passage_per_document(run[qid]) if passages else run[qid]
+        hits = [(d, s) for d, s in ranked if d not in judged and d != qid][:args.depth]
+        short += len(hits) < args.depth
         rows.append({"qid": qid, "positives": sorted(d for d, r in judged.items() if r > 0),
                      "negatives": [d for d, _ in hits], "scores": [round(s, 6) for _, s in hits]})
     meta = {"index": str(args.index), "model": args.model or searcher.index.manifest["encoder"]["model"],
             "data": str(args.data), "split": args.split, "depth": args.depth, "queries": len(rows),
             "command": command}
     write_negatives(args.output, rows, meta)
+    if short:
+        log.warning("%d of %d queries got fewer than %d negatives (too few unjudged %s in the top %d)", short,
+                    len(rows), args.depth, "documents" if passages else "rows", args.depth + max_judged + 1)
     log.info("%s: %d queries, depth %d, %.1fs", args.output, len(rows), args.depth, time.time() - t0)
     return meta
+
+
+def best_passage_per_document(hits: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """A ranking of passages ``DOC#i`` as one of documents: each document once, at its best passage's score."""
+    seen, out = set(), []
+    for pid, score in hits:
+        doc = parent_id(pid)
+        if doc not in seen:
+            seen.add(doc)
+            out.append((doc, score))
+    return out
 
 
 def main(argv) -> int:
