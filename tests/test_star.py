@@ -14,6 +14,15 @@ def toy(tmp_path_factory):
     return make_toy_beir(tmp_path_factory.mktemp("toy"))
 
 
+def _judged(toy) -> dict[str, set[str]]:
+    """The toy dataset's judged documents per train query."""
+    qrels = {}
+    for line in (toy / "qrels" / "train.tsv").read_text().splitlines()[1:]:
+        q, d, _ = line.split("\t")
+        qrels.setdefault(q, set()).add(d)
+    return qrels
+
+
 def test_mine_excludes_positives_and_keeps_depth(toy, tiny_model, tmp_path):
     from dretriever.cli import main
 
@@ -25,10 +34,7 @@ def test_mine_excludes_positives_and_keeps_depth(toy, tiny_model, tmp_path):
                  "--precision", "fp32"]) == 0
     negs, meta = read_negatives(out)
     assert meta["depth"] == 7 and len(negs) == 32
-    qrels = {}
-    for line in (toy / "qrels" / "train.tsv").read_text().splitlines()[1:]:
-        q, d, _ = line.split("\t")
-        qrels.setdefault(q, set()).add(d)
+    qrels = _judged(toy)
     for qid, ids in negs.items():
         assert len(ids) == 7 and len(set(ids)) == 7
         assert not set(ids) & qrels[qid]
@@ -61,10 +67,7 @@ def test_mine_on_a_datastore_writes_document_ids(toy, tiny_model, tmp_path):
                  "--precision", "fp32"]) == 0
     negs, _ = read_negatives(out)
     queries = {json.loads(l)["_id"]: json.loads(l)["text"] for l in (toy / "queries.jsonl").read_text().splitlines()}
-    qrels = {}
-    for line in (toy / "qrels" / "train.tsv").read_text().splitlines()[1:]:
-        q, d, _ = line.split("\t")
-        qrels.setdefault(q, set()).add(d)
+    qrels = _judged(toy)
     k = 4 + max(map(len, qrels.values())) + 1  # the passages mine searches
     expected = Retriever.load(str(ds), precision="fp32").run(queries, k=k, mode="dense")
     assert len(negs) == 32
