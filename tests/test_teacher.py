@@ -72,7 +72,8 @@ def test_dense_teacher_scores_positives_like_the_index(tmp_path, index_root, sci
         ref = dict(full[qid])
         assert len(ref) == len(ds.corpus)
         for docid, score in hits:  # appended positives are scored with the index's own vectors, not re-encoded
-            assert score == pytest.approx(ref[docid], abs=1e-6)
+            # the file holds 6 decimals: two roundings of scores a float error apart can differ by one quantum
+            assert score == pytest.approx(ref[docid], abs=2e-6)
             compared += 1
         assert [d for d, _ in hits[:2]] == [d for d, _ in full[qid][:2]]
     assert compared > 2 * len(shallow)
