@@ -1,20 +1,43 @@
-"""Contriever's data augmentation: chunks of a document's tokens, independent random crops, token deletion.
+"""Contriever's data augmentation: fixed-length windows of a corpus's token stream, random crops, token deletion.
 
-Follows facebookresearch/contriever ``src/data.py``: a crop keeps ``int(len * ratio)`` consecutive tokens
-with ``ratio ~ U(ratio_min, ratio_max)`` at a uniformly random start; deletion drops each token with
-probability ``p``; special tokens are added after augmentation.
+Follows facebookresearch/contriever ``src/data.py``: the documents, tokenized without special tokens, are
+concatenated in corpus order into one stream (:class:`TokenStream`); each epoch cuts it into windows of
+``length`` tokens from a random offset in ``[0, length)``, so a window may span documents and none is a short
+tail; a crop keeps ``max(1, int(len * ratio))`` consecutive tokens with ``ratio ~ U(ratio_min, ratio_max)`` at a
+uniformly random start; deletion drops each token with probability ``p`` (never all of them); special tokens
+are added after augmentation.
 """
 
 from __future__ import annotations
+
+from itertools import chain
 
 import numpy as np
 import torch
 
 
-def chunk(ids: list[int], length: int, min_length: int = 1) -> list[list[int]]:
-    """Consecutive pieces of ``length`` tokens (the last may be shorter; pieces under ``min_length`` dropped)."""
-    pieces = [ids[i:i + length] for i in range(0, len(ids), length)]
-    return [p for p in pieces if len(p) >= min_length]
+class TokenStream:
+    """The documents' tokens concatenated in order, and which document holds each position."""
+
+    def __init__(self, token_lists: list[list[int]]):
+        self.lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
+        self.ends = np.cumsum(self.lengths)  # document d holds positions [ends[d] - lengths[d], ends[d])
+        self.tokens = np.fromiter(chain.from_iterable(token_lists), dtype=np.int64, count=int(self.lengths.sum()))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def window_starts(self, length: int, offset: int) -> np.ndarray:
+        """Starts of the windows of ``length`` tokens from ``offset`` (in ``[0, length)``), none cut short.
+
+        Their number, ``(len - length + 1) // length``, is the same for every offset."""
+        n = max(0, (len(self) - length + 1) // length)
+        return offset + length * np.arange(n, dtype=np.int64)
+
+    def documents(self, start: int, length: int) -> list[int]:
+        """The documents holding tokens of ``tokens[start:start + length]`` (empty documents hold none)."""
+        first, last = np.searchsorted(self.ends, [start, start + length - 1], side="right")
+        return [d for d in range(int(first), int(last) + 1) if self.lengths[d]]
 
 
 def random_crop(ids: list[int], ratio_min: float, ratio_max: float, rng: np.random.Generator) -> list[int]:

@@ -16,7 +16,8 @@ References:
 
 Inputs:
     q (B, h) queries; d (M, h) documents; labels (B,) long, the column of each row's positive; mask (B, M)
-    bool (optional, True drops an entry from the softmax).
+    bool (optional, True drops an entry from the softmax). MoCo: q (B, h), its keys k (B, h), queue (K, h),
+    mask (B, K) bool (optional) over the queue.
 """
 
 from __future__ import annotations
@@ -59,9 +60,16 @@ def in_batch_contrastive(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor |
     return contrastive_loss(q, all_docs, labels, temperature)
 
 
-def moco_contrastive(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
-    """MoCo: ``q_i`` against its key ``k_i`` (positive, column 0) and every key in ``queue`` (K, h)."""
+def moco_contrastive(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.05,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MoCo: ``q_i`` against its key ``k_i`` (positive, column 0) and every key in ``queue`` (K, h).
+
+    ``mask`` (B, K) bool drops queue keys from row ``i``'s softmax (keys of ``q_i``'s own chunk or document,
+    which a queue longer than an epoch holds); the positive is never dropped.
+    """
     l_pos = (q.float() * k.float()).sum(-1, keepdim=True)
     l_neg = q.float() @ queue.float().T
+    if mask is not None:
+        l_neg = l_neg.masked_fill(mask, float("-inf"))
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
