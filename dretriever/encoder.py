@@ -260,6 +260,12 @@ class BiEncoder(nn.Module):
         """Set every dropout probability of both towers to ``p`` (see :func:`set_dropout`)."""
         set_dropout(self, p)
 
+    def autocast(self):
+        """The precision of training forwards: none for the encoder itself. The training loop hands methods an
+        :class:`~dretriever.train.encoder_view.EncoderView` whose ``autocast()`` is the recipe's precision; a method
+        runs another encoder's forward (MoCo's key encoder) under ``encoder.autocast()`` to share it."""
+        return contextlib.nullcontext()
+
     # ---------------------------------------------------------------- training-time forward
     def tokenize(self, texts: list[str], side: str, pad: bool = True):
         c = self.config

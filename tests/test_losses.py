@@ -94,3 +94,62 @@ def test_pairwise_softmax_is_a_mean_over_queries_of_each_querys_mean():
     got = pairwise_softmax_loss(q, pos, labels, torch.tensor([[False, True, True], [False, False, False]]))
     assert got.item() == pytest.approx(q0, abs=1e-6)
     assert pairwise_softmax_loss(q, pos, labels, torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
+
+
+# ------------------------------------------------------------------------------------------- precision
+def _bf16_cases():
+    """Every loss with the student's inputs as a bf16 forward would hand them over (bf16 tensors) and the
+    teacher's in fp32 (values a bf16 cast would change)."""
+    from dretriever.train.losses.kl import InBatchKLLoss, kl_distill
+    from dretriever.train.losses.margin_mse import InBatchMarginMSELoss, MarginMSELoss, inbatch_margin_mse, margin_mse
+    from dretriever.train.losses.ranknet import RankNetLoss, lambda_weights, ranknet_loss
+
+    g = torch.Generator().manual_seed(0)
+    emb = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g), dim=-1).bfloat16()  # noqa: E731
+    score = lambda *s: torch.randn(*s, generator=g).bfloat16()  # noqa: E731
+    teacher = lambda *s: 5 * torch.rand(*s, generator=g)  # noqa: E731
+    B, N, H = 8, 6, 16
+    q, d, k, neg, queue = emb(B, H), emb(B, H), emb(B, H), emb(2 * B, H), emb(24, H)
+    labels = torch.arange(B)
+    rand_mask = ~torch.eye(B, dtype=torch.bool)
+    grades = torch.randint(0, 3, (B, N), generator=g)
+    ranks = torch.arange(1, N + 1).repeat(B, 1)
+    weights = lambda_weights(ranks, 10, "reciprocal", grades)
+    return {
+        "contrastive_loss": (contrastive_loss, (q, d, labels, 0.05)),
+        "in_batch_contrastive": (lambda *a: in_batch_contrastive(*a, gather=False), (q, d, neg, 0.05)),
+        "moco_contrastive": (moco_contrastive, (q, k, queue, 0.05)),
+        "pairwise_softmax_loss": (pairwise_softmax_loss, (q, d, labels, rand_mask, neg, None, 0.05)),
+        "margin_mse": (margin_mse, (score(B), score(B), teacher(B), teacher(B))),
+        "inbatch_margin_mse": (inbatch_margin_mse, (score(B, 2 * B), teacher(B, 2 * B), labels)),
+        "kl_distill": (kl_distill, (score(B, 2 * B), teacher(B, 2 * B), 0.5, 0.7)),
+        "ranknet_loss": (ranknet_loss, (score(B, N), grades, weights)),
+        "MarginMSELoss": (MarginMSELoss(scale=3.0), (q, d, k, teacher(B), teacher(B))),
+        "InBatchMarginMSELoss": (InBatchMarginMSELoss(scale=3.0), (q, torch.cat([d, k]), teacher(B, 2 * B), labels)),
+        "InBatchKLLoss": (InBatchKLLoss(3.0, 0.5, 0.7), (q, torch.cat([d, k]), teacher(B, 2 * B))),
+        "RankNetLoss": (RankNetLoss(cut=10), (q, emb(B, N, H), grades, ranks)),
+    }
+
+
+@pytest.mark.parametrize("student", ["bf16", "fp32"])
+@pytest.mark.parametrize("name", list(_bf16_cases()))
+def test_every_loss_under_bf16_autocast_equals_its_fp32_value(name, student):
+    """Issue 27 item 6: under autocast the score products ran in bf16 (64 logits at T = 0.05 collapsed to ~26
+    values) and teacher targets were cast down to the student's bf16; now each loss computes in fp32."""
+    fn, args = _bf16_cases()[name]
+    up = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+    expected = fn(*up)  # fp32 inputs, no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fn(*(args if student == "bf16" else up))
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_float64_teacher_is_never_cast_down_the_student_is_cast_up():
+    from dretriever.train.losses.margin_mse import margin_mse
+
+    s_pos, s_neg = torch.tensor([0.5], dtype=torch.bfloat16), torch.tensor([0.25], dtype=torch.bfloat16)
+    t_pos, t_neg = torch.tensor([1.0 + 1e-12], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64)
+    got = margin_mse(s_pos, s_neg, t_pos, t_neg)
+    assert got.dtype == torch.float64
+    assert got.item() == (0.25 - (1.0 + 1e-12)) ** 2  # the 1e-12 survives: fp32 would round it away

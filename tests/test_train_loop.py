@@ -120,6 +120,69 @@ def test_grad_cache_training_runs(toy, tiny_model, tmp_path):
     assert sorted(_losses(out)) == [1, 2]
 
 
+class _Probe:
+    """A method that records, inside its loss, whether autocast is on, the dtype of its embeddings and score
+    product, and the dtype of every transformer forward (its own encoder's and another's, as MoCo's key encoder)."""
+
+    name = "probe"
+
+    def __init__(self, toy: Path):
+        self.texts = [json.loads(line)["text"] for line in (toy / "corpus.jsonl").open()][:8]
+        self.seen, self.forwards = [], []
+
+    def setup(self, encoder, accelerator):
+        import copy
+
+        self.other = copy.deepcopy(encoder)
+        for model in (encoder, self.other):
+            model.query_model.encoder.layer[0].intermediate.dense.register_forward_hook(
+                lambda module, inputs, out: self.forwards.append(out.dtype))
+
+    def batches(self, epoch):
+        return [self.texts[:4], self.texts[4:]]
+
+    def trainable_parameters(self, encoder):
+        return list(encoder.parameters())
+
+    def loss(self, encoder, batch):
+        from dretriever.train.losses import contrastive_loss
+
+        q = encoder.embed(encoder.tokenize(batch, "query"), "query")
+        d = encoder(encoder.tokenize(batch, "doc"), "doc")
+        with torch.no_grad(), encoder.autocast():
+            k = self.other.embed(self.other.tokenize(batch, "doc"), "doc")
+        scores = q @ d.T
+        self.seen.append((torch.is_autocast_enabled("cpu"), q.dtype, d.dtype, k.dtype, scores.dtype))
+        return contrastive_loss(q, d, torch.arange(len(batch)), 0.05), {}
+
+    def after_step(self, encoder):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@pytest.mark.parametrize("grad_cache_chunk", [0, 3])
+def test_the_loss_runs_in_fp32_while_the_forwards_run_under_the_recipes_precision(toy, tiny_model, tmp_path,
+                                                                                   grad_cache_chunk):
+    """Issue 27 item 6: ``method.loss`` ran inside autocast, so its score products ran in bf16."""
+    from dretriever.train.config import TrainArgs
+    from dretriever.train.loop import train
+
+    probe = _Probe(toy)
+    args = TrainArgs(method="probe", model=str(tiny_model), output_dir=str(tmp_path / "o"), batch_size=4, max_steps=1,
+                     precision="bf16", grad_cache_chunk=grad_cache_chunk, progress=False)
+    assert train(args, probe)["steps"] == 1
+    f32 = torch.float32
+    assert probe.seen == [(False, f32, f32, f32, f32)]  # autocast off, fp32 embeddings and scores
+    # every transformer forward in bf16: queries, documents, the other encoder; with the gradient cache queries
+    # and documents in 2 chunks each, encoded again in the backward pass
+    assert probe.forwards == [torch.bfloat16] * (9 if grad_cache_chunk else 3)
+
+
 # ------------------------------------------------------------------------------------------- recipes
 def _parse(tmp_path, **fields):
     from dretriever.train.config import parse_recipe

@@ -239,7 +239,7 @@ class Contriever:
                 scores = q.detach().float() @ du.all_gather_nograd(k.detach()).float().T
                 acc = (scores.masked_fill(mask, float("-inf")).argmax(1) == labels).float().mean()
             return loss, {"acc": float(acc), "masked": float(mask.sum(1).float().mean())}
-        with torch.no_grad():
+        with torch.no_grad(), encoder.autocast():  # the loop's precision (the loss itself runs in fp32)
             k = self.key_encoder.embed(k_in, "doc")
         mask = shared_document_mask(windows, groups, self.queue_windows, self.queue_groups)
         loss = moco_contrastive(q, k, self.queue, a.temperature, mask)

@@ -27,7 +27,9 @@ class Method(Protocol):
         """This process's batches for ``epoch`` (deterministic given the seed and epoch)."""
 
     def loss(self, encoder: BiEncoder, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """The scalar loss for one batch and any values worth logging."""
+        """The scalar loss for one batch and any values worth logging. Runs with autocast off (scores in fp32);
+        ``encoder`` is the loop's view (:mod:`dretriever.train.encoder_view`): its ``embed`` runs under the
+        recipe's precision and returns fp32, and other forwards go under ``with encoder.autocast():``."""
 
     def trainable_parameters(self, encoder: BiEncoder) -> Iterable[torch.nn.Parameter]:
         """Parameters the optimizer updates (ADORE: the query tower only)."""

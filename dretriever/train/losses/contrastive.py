@@ -26,8 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import all_gather_with_grad, gathered_labels
+from .precision import fp32
 
 
+@fp32
 def contrastive_loss(q: torch.Tensor, d: torch.Tensor, labels: torch.Tensor, temperature: float = 0.05,
                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of ``q @ d.T / temperature`` against ``labels``.
@@ -43,6 +45,7 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, labels: torch.Tensor, tem
     return F.cross_entropy(scores, labels)
 
 
+@fp32
 def in_batch_contrastive(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None = None,
                          temperature: float = 0.05, gather: bool = True) -> torch.Tensor:
     """Each query against its positive, every other positive and every hard negative of the (global) batch.
@@ -60,6 +63,7 @@ def in_batch_contrastive(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor |
     return contrastive_loss(q, all_docs, labels, temperature)
 
 
+@fp32
 def moco_contrastive(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.05,
                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """MoCo: ``q_i`` against its key ``k_i`` (positive, column 0) and every key in ``queue`` (K, h).

@@ -29,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import fp32
 
+
+@fp32
 def kl_distill(student: torch.Tensor, teacher: torch.Tensor, student_temperature: float = 1.0,
                teacher_temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over rows of KL(teacher distribution || student distribution)."""
@@ -56,6 +59,7 @@ class InBatchKLLoss(nn.Module):
         self.scale = scale
         self.student_temperature, self.teacher_temperature = student_temperature, teacher_temperature
 
+    @fp32
     def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, teacher: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         return kl_distill(self.scale * query_emb @ doc_emb.T, teacher, self.student_temperature,

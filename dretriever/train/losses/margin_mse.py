@@ -36,7 +36,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .precision import fp32
 
+
+@fp32
 def margin_mse(student_pos: torch.Tensor, student_neg: torch.Tensor, teacher_pos: torch.Tensor,
                teacher_neg: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of student and teacher margins ``pos - neg``."""
@@ -45,6 +48,7 @@ def margin_mse(student_pos: torch.Tensor, student_neg: torch.Tensor, teacher_pos
     return ((student - teacher) ** 2).mean()
 
 
+@fp32
 def inbatch_margin_mse(student: torch.Tensor, teacher: torch.Tensor, positive_index: torch.Tensor,
                        mask: torch.Tensor | None = None) -> torch.Tensor:
     """Margin-MSE of each row's positive column against every other valid column: the mean over a row's
@@ -74,6 +78,7 @@ class MarginMSELoss(nn.Module):
         super().__init__()
         self.scale = scale
 
+    @fp32
     def forward(self, query_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor,
                 teacher_pos: torch.Tensor, teacher_neg: torch.Tensor) -> torch.Tensor:
         s_pos = self.scale * (query_emb * pos_emb).sum(-1)
@@ -88,6 +93,7 @@ class InBatchMarginMSELoss(nn.Module):
         super().__init__()
         self.scale = scale
 
+    @fp32
     def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, teacher: torch.Tensor,
                 positive_index: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return inbatch_margin_mse(self.scale * query_emb @ doc_emb.T, teacher, positive_index, mask)

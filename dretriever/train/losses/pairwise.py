@@ -28,7 +28,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import fp32
 
+
+@fp32
 def pairwise_softmax_loss(q: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, rand_mask: torch.Tensor,
                           neg: torch.Tensor | None = None, hard_mask: torch.Tensor | None = None,
                           temperature: float = 1.0) -> torch.Tensor:

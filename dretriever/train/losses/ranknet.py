@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import fp32
+
 DISCOUNTS = ("reciprocal", "log2")
 
 
@@ -96,6 +98,7 @@ def lambda_weights(ranks: torch.Tensor, cut: int | None = None, discount: str = 
     return w * scale.view(-1, 1, 1)
 
 
+@fp32
 def ranknet_loss(scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted RankNet loss over pairs with ``labels_i > labels_j``: per query the sum over its pairs divided
@@ -133,6 +136,7 @@ class RankNetLoss(nn.Module):
             raise ValueError(f"discount: expected one of {DISCOUNTS}, got {discount!r}")
         self.cut, self.discount, self.weighted = cut, discount, weighted
 
+    @fp32
     def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, labels: torch.Tensor, ranks: torch.Tensor,
                 mask: torch.Tensor | None = None, ideal: torch.Tensor | None = None) -> torch.Tensor:
         """``query_emb`` (B, D), ``doc_emb`` (B, N, D) (no gradient needed), labels (grades)/ranks/mask (B, N),
