@@ -2,10 +2,15 @@
 
 * :func:`cluster_queries` clusters query embeddings once with FAISS k-means (spherical when the
   embeddings are normalised).
-* :class:`ClusterBatchSampler` makes every batch out of ``clusters_per_batch`` clusters: each epoch,
-  each cluster's queries are shuffled and cut into chunks of ``batch_size // clusters_per_batch``; the
-  chunks are shuffled and grouped, ``clusters_per_batch`` chunks of distinct clusters per batch. Every
-  query is used once per epoch; a cluster's last chunk (and so its batch) can be smaller.
+* :class:`ClusterBatchSampler` fills every batch with exactly ``batch_size`` queries from few clusters, as
+  matchmaker's loader does: each epoch, each cluster's queries are shuffled; a batch is filled by drawing a
+  cluster at random (seeded) and taking its next queries, ``batch_size // clusters_per_batch`` of them (the
+  first ``batch_size % clusters_per_batch`` shares one more); a cluster that runs out is continued by another
+  random one. So ``clusters_per_batch`` is the minimum (target) number of clusters a batch mixes: exactly that
+  many while clusters are large enough, more when one runs out. Every query is used once per epoch; the
+  epoch's final leftover (fewer than ``batch_size`` queries) is topped up to a full batch with queries already
+  used this epoch, those of the leftover's clusters first (in the epoch's order), then the others: each epoch
+  has ``ceil(queries / batch_size)`` batches and ``-queries % batch_size`` repeats.
 * :class:`BalancedMarginSampler` draws, for one query, a (positive, negative) pair: first one of the
   query's positives, uniformly (a fresh draw every epoch), then the teacher margins ``t(pos) - t(neg)`` of
   that positive's pairs are put into ``bins`` equal-width bins over their range, a non-empty bin is drawn
@@ -23,12 +28,15 @@ Both are deterministic given the seed and the epoch (and, for pairs, the query).
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import DretrieverError
+
+log = logging.getLogger(__name__)
 
 
 def cluster_queries(embeddings: np.ndarray, n_clusters: int, seed: int = 0, niter: int = 20) -> np.ndarray:
@@ -47,15 +55,17 @@ def cluster_queries(embeddings: np.ndarray, n_clusters: int, seed: int = 0, nite
 
 
 class ClusterBatchSampler:
-    """Batches of query indices, each drawn from ``clusters_per_batch`` distinct clusters."""
+    """Full batches of ``batch_size`` query indices, each from at least ``clusters_per_batch`` clusters."""
 
     def __init__(self, clusters: np.ndarray, batch_size: int, clusters_per_batch: int = 1, seed: int = 0):
         if batch_size < 1 or clusters_per_batch < 1:
             raise DretrieverError("batch_size and clusters_per_batch must be positive")
-        if batch_size % clusters_per_batch:
-            raise DretrieverError(f"batch_size ({batch_size}) must be a multiple of clusters_per_batch "
-                                  f"({clusters_per_batch})")
         self.clusters = np.asarray(clusters)
+        if batch_size > len(self.clusters):
+            raise DretrieverError(f"batch_size ({batch_size}) exceeds the number of training queries "
+                                  f"({len(self.clusters)})")
+        if clusters_per_batch > batch_size:
+            raise DretrieverError(f"clusters_per_batch ({clusters_per_batch}) exceeds batch_size ({batch_size})")
         self.members: dict[int, list[int]] = {}
         for i, c in enumerate(self.clusters.tolist()):
             self.members.setdefault(int(c), []).append(i)
@@ -63,32 +73,52 @@ class ClusterBatchSampler:
             raise DretrieverError(f"clusters_per_batch ({clusters_per_batch}) exceeds the number of non-empty "
                                   f"clusters ({len(self.members)})")
         self.batch_size, self.per_batch, self.seed = batch_size, clusters_per_batch, seed
+        mean = len(self.clusters) / len(self.members)
+        if mean < batch_size / clusters_per_batch:
+            log.warning("clusters too small for batch_size: %d queries in %d clusters (mean %.1f per cluster) < "
+                        "batch_size %d / clusters_per_batch %d = %.1f, so batches mix more clusters than "
+                        "clusters_per_batch; use fewer clusters (n_clusters <= %d)", len(self.clusters),
+                        len(self.members), mean, batch_size, clusters_per_batch, batch_size / clusters_per_batch,
+                        max(1, len(self.clusters) * clusters_per_batch // batch_size))
 
     def batches(self, epoch: int) -> list[list[int]]:
         rng = random.Random(f"{self.seed}:{epoch}")
-        chunk = self.batch_size // self.per_batch
-        chunks: list[tuple[int, list[int]]] = []
+        left: dict[int, list[int]] = {}
         for c in sorted(self.members):
             ids = list(self.members[c])
             rng.shuffle(ids)
-            chunks += [(c, ids[i:i + chunk]) for i in range(0, len(ids), chunk)]
-        rng.shuffle(chunks)
+            left[c] = ids[::-1]  # pop() takes the shuffled order
+        open_ = sorted(left)  # clusters with queries left
+        shares = [self.batch_size // self.per_batch + (k < self.batch_size % self.per_batch)
+                  for k in range(self.per_batch)]
         batches: list[list[int]] = []
-        pending = chunks
-        while pending:
-            batch, used, rest = [], set(), []
-            for c, ids in pending:
-                if len(used) < self.per_batch and c not in used:
+        while open_:
+            batch, used = [], set()
+            for share in shares:
+                while share and open_:
+                    c = rng.choice(open_)
+                    while c in used and sum(bool(left[u]) for u in used) < len(open_):
+                        c = rng.choice(open_)  # a cluster not yet in this batch while there is one
                     used.add(c)
-                    batch += ids
-                else:
-                    rest.append((c, ids))
+                    while share and left[c]:
+                        batch.append(left[c].pop())
+                        share -= 1
+                    if not left[c]:
+                        open_.remove(c)
             batches.append(batch)
-            pending = rest
+        if len(batches[-1]) < self.batch_size:
+            batches[-1] = self._top_up(batches[-1], [i for b in batches[:-1] for i in b])
         return batches
 
+    def _top_up(self, last: list[int], earlier: list[int]) -> list[int]:
+        """The leftover batch filled with queries used earlier this epoch: its clusters' first, in epoch order."""
+        mine = {int(self.clusters[i]) for i in last}
+        same = [i for i in earlier if int(self.clusters[i]) in mine]
+        other = [i for i in earlier if int(self.clusters[i]) not in mine]
+        return last + (same + other)[:self.batch_size - len(last)]
+
     def __len__(self) -> int:
-        return len(self.batches(0))
+        return -(-len(self.clusters) // self.batch_size)
 
 
 @dataclass

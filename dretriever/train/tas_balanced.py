@@ -2,8 +2,9 @@
 Aware Sampling", SIGIR 2021).
 
 * Topic-aware sampling: the training queries are clustered once, before training, with k-means on
-  their embeddings by the starting model (``n_clusters``); every batch is drawn from
-  ``clusters_per_batch`` clusters (:class:`dretriever.train.samplers.ClusterBatchSampler`).
+  their embeddings by the starting model (``n_clusters``; 0 = auto, one cluster per 32 queries); every batch
+  holds exactly ``batch_size`` queries drawn cluster by cluster, at least ``clusters_per_batch`` clusters
+  (:class:`dretriever.train.samplers.ClusterBatchSampler`).
 * Balanced margin sampling: per query and epoch, one of its positives is drawn uniformly (seeded by the
   seed, the epoch and the query), its pairs with the negatives get the pairwise teacher's margin
   ``t(pos) - t(neg)``; margins are put into ``margin_bins`` bins, a bin is drawn uniformly, then a pair
@@ -17,10 +18,23 @@ Aware Sampling", SIGIR 2021).
   bi-encoder (``inbatch_teacher``, TAS-B used ColBERT); its vectors are computed once at setup (documents
   taken from ``inbatch_teacher_index`` when given, else encoded).
 
-Scales: the student's scores are ``student_scale * q . d`` (cosine for normalised encoders); teacher
-scores are multiplied by ``teacher_scale`` / ``inbatch_teacher_scale`` so that margins are comparable.
-A document judged relevant to a query is never an in-batch negative of that query (masked).
+Scales: the student's scores are ``student_scale * q . d`` (cosine for normalised encoders: margins within
+[-2, 2]); teacher scores are multiplied by ``teacher_scale`` / ``inbatch_teacher_scale``, and Margin-MSE
+needs the margins on one scale. At setup, the *margin calibration factor* is the least-squares factor
+``sum(m_s m_t) / sum(m_s^2)`` between the pairwise teacher's margins ``m_t`` and the starting student's unscaled
+margins ``m_s`` on ``calibration_pairs`` pairs drawn by the balanced sampler (seeded); it is logged, and
+``student_scale: auto`` (the default) uses it. A teacher file whose scores look min-max normalised per query
+(every score in [0, 1], each query's maximum 1: ``dretriever teacher --teacher fusion``) gets a warning: its
+margins are not comparable across queries, so no single scale matches them.
+A document judged relevant to a query is never an in-batch negative of that query (masked), and neither is
+its own sampled negative (the pairwise term supervises that pair, with the pairwise teacher).
 In-batch negatives are this process's batch (TAS-B trained on one GPU).
+
+What differs from matchmaker (the official code): teachers are any ``dretriever teacher`` file (TAS-B: an
+ensemble of BERT cross-encoders over BM25 candidates, raw logits) and any bi-encoder in-batch (TAS-B:
+ColBERT); negatives are the pairwise teacher's top ``negative_depth`` unjudged candidates; queries with many
+positives draw one per epoch (below); the student's scale is calibrated at setup instead of fixed; training
+runs in epochs (each query once; the epoch's last, partial batch is topped up with queries already used).
 
 Many positives: each query contributes one sampled pair per epoch, whatever its number of positives, and
 every positive has the same chance of being that pair's positive (drawn before the margin bin, so a
@@ -33,8 +47,10 @@ QueryPairs`). With one positive per query the draws are exactly those of earlier
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..errors import DretrieverError
@@ -52,20 +68,37 @@ INBATCH_LOSSES = ("margin_mse", "kl")
 
 @dataclass
 class TasBalancedArgs:
-    teacher: str = field(default="", metadata={"help": "pairwise teacher scores (`dretriever teacher` JSONL)"})
-    teacher_scale: float = field(default=1.0, metadata={"help": "multiplies the pairwise teacher's scores"})
-    negative_depth: int = field(default=100, metadata={"help": "negatives: the teacher's top N unjudged documents"})
-    margin_bins: int = field(default=10, metadata={"help": "balanced margin sampling bins"})
-    n_clusters: int = field(default=2000, metadata={"help": "k-means clusters of the training queries"})
-    clusters_per_batch: int = field(default=1, metadata={"help": "clusters each batch is drawn from"})
-    inbatch_teacher: str = field(default="", metadata={"help": "bi-encoder scoring every in-batch pair ('' = off)"})
-    inbatch_teacher_index: str = field(default="", metadata={"help": "index built with inbatch_teacher (reuses its "
-                                                                      "document vectors)"})
-    inbatch_teacher_scale: float = field(default=1.0, metadata={"help": "multiplies the in-batch teacher's scores"})
-    inbatch_weight: float = field(default=0.75, metadata={"help": "weight of the in-batch loss"})
-    inbatch_loss: str = field(default="margin_mse", metadata={"help": "margin_mse | kl"})
-    student_scale: float = field(default=1.0, metadata={"help": "multiplies the student's dot products"})
-    kl_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of both sides (kl)"})
+    teacher: str = field(default="", metadata={"help": "pairwise teacher scores, a `dretriever teacher` JSONL file "
+                                                       "(required)"})
+    teacher_scale: float = field(default=1.0, metadata={"help": "multiplies the pairwise teacher's scores "
+                                                                "(default 1.0, a factor)"})
+    negative_depth: int = field(default=100, metadata={"help": "negatives: the teacher's top N unjudged documents "
+                                                               "per query (default 100, documents)"})
+    margin_bins: int = field(default=10, metadata={"help": "equal-width bins of balanced margin sampling "
+                                                           "(default 10, bins)"})
+    n_clusters: int = field(default=0, metadata={"help": "k-means clusters of the training queries (default 0 = "
+                                                         "auto: training queries // 32, at least 1; clusters)"})
+    clusters_per_batch: int = field(default=1, metadata={"help": "minimum clusters per batch (default 1, clusters): "
+                                                                 "each gives batch_size // clusters_per_batch queries, "
+                                                                 "one that runs out is continued by another"})
+    inbatch_teacher: str = field(default="", metadata={"help": "bi-encoder scoring every in-batch pair (default '' = "
+                                                               "no in-batch term; a model path or name)"})
+    inbatch_teacher_index: str = field(default="", metadata={"help": "index built with inbatch_teacher, whose "
+                                                                     "document vectors are reused (default '' = "
+                                                                     "encode the documents; a folder)"})
+    inbatch_teacher_scale: float = field(default=1.0, metadata={"help": "multiplies the in-batch teacher's scores "
+                                                                        "(default 1.0, a factor)"})
+    inbatch_weight: float = field(default=0.75, metadata={"help": "weight of the in-batch loss (default 0.75, "
+                                                                  "a factor)"})
+    inbatch_loss: str = field(default="margin_mse", metadata={"help": "margin_mse | kl (default margin_mse)"})
+    student_scale: str = field(default="auto", metadata={"help": "multiplies the student's dot products (default "
+                                                                 "auto = the margin calibration factor; or a "
+                                                                 "positive number, a factor)"})
+    calibration_pairs: int = field(default=512, metadata={"help": "training pairs of the margin calibration at "
+                                                                  "setup (default 512, pairs; 0 = skip, needs a "
+                                                                  "numeric student_scale)"})
+    kl_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of both sides with "
+                                                                 "inbatch_loss kl (default 1.0, score units)"})
 
     def __post_init__(self):
         check_file("teacher", self.teacher)
@@ -73,10 +106,23 @@ class TasBalancedArgs:
             raise DretrieverError("inbatch_teacher_index: set inbatch_teacher (the model the index was built with)")
         if self.inbatch_loss not in INBATCH_LOSSES:
             raise DretrieverError(f"inbatch_loss: expected one of {INBATCH_LOSSES}, got {self.inbatch_loss!r}")
-        for name in ("negative_depth", "margin_bins", "n_clusters", "clusters_per_batch"):
+        for name in ("negative_depth", "margin_bins", "clusters_per_batch"):
             if getattr(self, name) <= 0:
                 raise DretrieverError(f"{name}: must be positive, got {getattr(self, name)}")
-        for name in ("teacher_scale", "inbatch_teacher_scale", "student_scale", "kl_temperature"):
+        for name in ("n_clusters", "calibration_pairs"):
+            if getattr(self, name) < 0:
+                raise DretrieverError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if str(self.student_scale).strip().lower() == "auto":
+            self.student_scale = "auto"
+            if not self.calibration_pairs:
+                raise DretrieverError("student_scale: auto needs calibration_pairs > 0")
+        else:
+            try:
+                self.student_scale = float(self.student_scale)
+            except ValueError:
+                raise DretrieverError(f"student_scale: expected auto or a number, got {self.student_scale!r}") from None
+        for name in ("teacher_scale", "inbatch_teacher_scale", "kl_temperature") + (
+                ("student_scale",) if self.student_scale != "auto" else ()):
             if not getattr(self, name) > 0:
                 raise DretrieverError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.inbatch_weight < 0:
@@ -101,6 +147,32 @@ def build_pairs(teacher: dict[str, list[tuple[str, float]]], qrels: dict[str, di
     return pairs
 
 
+def looks_min_max(teacher: dict[str, list[tuple[str, float]]], tol: float = 1e-6) -> bool:
+    """Whether every score lies in [0, 1] and each query's maximum is 1 (per-query min-max normalised)."""
+    hits = [h for h in teacher.values() if h]
+    return bool(hits) and all(-tol <= s <= 1 + tol for h in hits for _, s in h) and \
+        all(abs(max(s for _, s in h) - 1) <= tol for h in hits)
+
+
+def margin_calibration_factor(student_margins, teacher_margins) -> float:
+    """The least-squares ``c`` minimising ``sum((c * student - teacher)^2)``: ``sum(s t) / sum(s^2)``."""
+    s = np.asarray(student_margins, dtype=np.float64)
+    t = np.asarray(teacher_margins, dtype=np.float64)
+    ss = float(s @ s)
+    return float(s @ t) / ss if ss > 0 else float("nan")
+
+
+def inbatch_mask(qids: list[str], pos_ids: list[str], neg_ids: list[str], qrels: dict[str, dict[str, int]]):
+    """(B, 2B) valid columns (True) of the in-batch loss over the batch's documents, positives then negatives.
+
+    Row i keeps its own positive (column i, the anchor) and drops every other document judged relevant to its
+    query and its own sampled negative (column B + i, and any copy of that document): the pairwise term
+    supervises that pair with the pairwise teacher (matchmaker excludes both own columns from the in-batch term)."""
+    ids = pos_ids + neg_ids
+    return torch.tensor([[j == i or (d not in qrels[q] and d != neg_ids[i]) for j, d in enumerate(ids)]
+                         for i, q in enumerate(qids)])
+
+
 class TasBalanced(MethodBase):
     # No method state to checkpoint: batches and pairs are pure functions of (seed, epoch, query)
     name = "tas-balanced"
@@ -119,6 +191,10 @@ class TasBalanced(MethodBase):
         if unknown:
             raise DretrieverError(f"teacher: {a.teacher} names {len(unknown)} document(s) missing from "
                                   f"{ta.data}, e.g. {unknown[0]!r}")
+        if looks_min_max(teacher):
+            log.warning("teacher: the scores of %s look min-max normalised per query (all in [0, 1], each query's "
+                        "maximum 1): their margins are not comparable across queries, so no one student_scale "
+                        "matches them; prefer raw scores (e.g. a cross-encoder's logits)", a.teacher)
         pairs = build_pairs(teacher, self.data.qrels, a.negative_depth, a.teacher_scale)
         if not pairs:
             raise DretrieverError(f"teacher: {a.teacher} scores no judged positive of the {ta.train_split} queries")
@@ -130,10 +206,38 @@ class TasBalanced(MethodBase):
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         emb = encoder.encode_queries([self.data.queries[q] for q in self.qids], batch_size=ta.eval_batch_size,
                                      precision=ta.precision)
-        n_clusters = min(a.n_clusters, len(self.qids))
+        n_clusters = min(a.n_clusters or max(1, len(self.qids) // 32), len(self.qids))
         self.clusters = cluster_queries(emb, n_clusters, seed=ta.seed)
         self.sampler = ClusterBatchSampler(self.clusters, ta.batch_size * self.world, a.clusters_per_batch, ta.seed)
+        self.calibration_factor = self._calibrate(encoder, emb) if a.calibration_pairs else None
+        if a.student_scale == "auto":
+            if not self.calibration_factor > 0:
+                raise DretrieverError(f"student_scale: auto, but the margin calibration factor is "
+                                      f"{self.calibration_factor}: the teacher's margins do not grow with the "
+                                      f"starting student's; set student_scale to a number")
+            self.student_scale = self.calibration_factor
+        else:
+            self.student_scale = float(a.student_scale)
         self.inbatch = self._inbatch_teacher(pairs) if a.inbatch_teacher and a.inbatch_weight > 0 else None
+
+    def _calibrate(self, encoder, query_vectors) -> float:
+        """The margin calibration factor on ``calibration_pairs`` balanced-sampled training pairs (queries drawn
+        with replacement, seeded; the starting model's vectors), logged."""
+        a, ta = self.args, self.train_args
+        rng = random.Random(f"{ta.seed}:calibration")
+        rows = [rng.randrange(len(self.qids)) for _ in range(a.calibration_pairs)]
+        pairs = [self.margins.sample(self.qids[r], epoch=-1, draw=k) for k, r in enumerate(rows)]
+        docs = sorted({d for p in pairs for d in (p.positive, p.negative)})
+        dvecs = encoder.encode_docs([self.data.corpus[d].contents for d in docs], batch_size=ta.eval_batch_size,
+                                    precision=ta.precision, progress=ta.progress)
+        at = {d: i for i, d in enumerate(docs)}
+        q = query_vectors[rows]
+        student = (q * (dvecs[[at[p.positive] for p in pairs]] - dvecs[[at[p.negative] for p in pairs]])).sum(1)
+        factor = margin_calibration_factor(student, [p.margin for p in pairs])
+        log.info("margin calibration factor %.4f: least squares of the pairwise teacher's margins (x teacher_scale "
+                 "%g) on the starting student's unscaled margins, %d pairs; student_scale %s", factor,
+                 a.teacher_scale, len(pairs), "auto (this factor)" if a.student_scale == "auto" else a.student_scale)
+        return factor
 
     def _inbatch_teacher(self, pairs: dict[str, QueryPairs]):
         """Vectors of the in-batch teacher: every training query and every document a pair can draw."""
@@ -173,10 +277,15 @@ class TasBalanced(MethodBase):
         return out
 
     def samples(self, batch) -> int:
-        return len(batch)  # one cluster's queries: often fewer than batch_size
+        return len(batch)  # batch_size (full batches)
+
+    def inbatch_teacher_scores(self, qids: list[str], doc_ids: list[str]) -> torch.Tensor:
+        """The in-batch teacher's (B, M) scores, times ``inbatch_teacher_scale``."""
+        q_row, tq, d_row, td = self.inbatch
+        return self.args.inbatch_teacher_scale * (tq[[q_row[x] for x in qids]] @ td[[d_row[d] for d in doc_ids]].T)
 
     def loss(self, encoder, batch):
-        a = self.args
+        a, scale = self.args, self.student_scale
         qids = [q for q, _ in batch]
         pos_ids = [p.positive for _, p in batch]
         neg_ids = [p.negative for _, p in batch]
@@ -187,25 +296,20 @@ class TasBalanced(MethodBase):
         pos, neg = docs[:B], docs[B:]
         t_pos = torch.tensor([p.teacher_pos for _, p in batch], device=q.device)
         t_neg = torch.tensor([p.teacher_neg for _, p in batch], device=q.device)
-        s_pos = a.student_scale * (q * pos).sum(-1)
-        s_neg = a.student_scale * (q * neg).sum(-1)
+        s_pos = scale * (q * pos).sum(-1)
+        s_neg = scale * (q * neg).sum(-1)
         pair_loss = margin_mse(s_pos, s_neg, t_pos, t_neg)
         logs = {"pair_loss": float(pair_loss.detach()), "student_margin": float((s_pos - s_neg).mean().detach()),
-                "teacher_margin": float((t_pos - t_neg).mean()), "batch_queries": B}
+                "teacher_margin": float((t_pos - t_neg).mean()), "batch_queries": B, "student_scale": scale}
         loss = pair_loss
         if self.inbatch is not None:
-            q_row, tq, d_row, td = self.inbatch
-            ids = pos_ids + neg_ids
-            teacher = a.inbatch_teacher_scale * (tq[[q_row[x] for x in qids]] @ td[[d_row[d] for d in ids]].T)
-            teacher = teacher.to(q.device)
-            student = a.student_scale * q @ docs.T
-            mask = torch.tensor([[j == i or d not in self.data.qrels[qid] for j, d in enumerate(ids)]
-                                 for i, qid in enumerate(qids)], device=q.device)
-            positive_index = torch.arange(B, device=q.device)
+            teacher = self.inbatch_teacher_scores(qids, pos_ids + neg_ids).to(q.device)
+            student = scale * q @ docs.T
+            mask = inbatch_mask(qids, pos_ids, neg_ids, self.data.qrels).to(q.device)
             if a.inbatch_loss == "kl":
                 inbatch = kl_distill(student, teacher, a.kl_temperature, a.kl_temperature, mask)
             else:
-                inbatch = inbatch_margin_mse(student, teacher, positive_index, mask)
+                inbatch = inbatch_margin_mse(student, teacher, torch.arange(B, device=q.device), mask)
             loss = loss + a.inbatch_weight * inbatch
             logs["inbatch_loss"] = float(inbatch.detach())
         return loss, logs
