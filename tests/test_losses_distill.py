@@ -37,10 +37,10 @@ def test_ranknet_weighted_by_swap_gain_with_cut():
     # the query's sum over pairs is divided by its 2 relevant candidates
     expected = (abs(0.5 - 1) * softplus(2.0 - 1.0) + abs(0.5 - 1 / 3) * softplus(0.5 - 1.0)
                 + abs(0 - 1) * softplus(2.0 + 1.0) + abs(0 - 1 / 3) * softplus(0.5 + 1.0)) / 2
-    assert ranknet_loss(scores, labels, w).item() == pytest.approx(expected, rel=1e-6)
+    assert ranknet_loss(scores, labels, w, normalize="positives").item() == pytest.approx(expected, rel=1e-6)
     # unweighted RankNet: every pair weighs 1
     plain = (softplus(1.0) + softplus(-0.5) + softplus(3.0) + softplus(1.5)) / 2
-    assert ranknet_loss(scores, labels).item() == pytest.approx(plain, rel=1e-6)
+    assert ranknet_loss(scores, labels, normalize="positives").item() == pytest.approx(plain, rel=1e-6)
 
 
 def test_ranknet_one_positive_is_the_unnormalised_binary_sum():
@@ -54,7 +54,7 @@ def test_ranknet_one_positive_is_the_unnormalised_binary_sum():
         graded = lambda_weights(ranks, cut=3, relevance=labels)
         assert torch.allclose(graded * (labels.unsqueeze(2) > labels.unsqueeze(1)),
                               binary * (labels.unsqueeze(2) > labels.unsqueeze(1)))
-        assert ranknet_loss(scores, labels, graded).item() == pytest.approx(expected, rel=1e-6)
+        assert ranknet_loss(scores, labels, graded, normalize="positives").item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_graded_relevance_gives_the_delta_ndcg_weights():
@@ -78,7 +78,8 @@ def test_graded_relevance_gives_the_delta_ndcg_weights():
     # loss: sum over the 5 pairs of w * softplus(s_j - s_i), divided by the 2 relevant candidates
     loss = (9 / 23 * softplus(1.0) + 2 / 23 * softplus(-0.5) + 9 / 23 * softplus(-2.0)
             + 4 / 23 * softplus(1.5) + 2 / 23 * softplus(-1.5)) / 2
-    assert ranknet_loss(scores, labels, lambda_weights(ranks, 3, relevance=labels, ideal=ideal)).item() == \
+    assert ranknet_loss(scores, labels, lambda_weights(ranks, 3, relevance=labels, ideal=ideal),
+                        normalize="positives").item() == \
         pytest.approx(loss, rel=1e-6)
     # the same ranking with binary labels: no (1,2) pair and the weights differ
     binary = labels.clamp(max=1)

@@ -104,7 +104,8 @@ def test_every_in_batch_loss_is_a_mean_over_queries_whatever_is_masked():
 # ------------------------------------------------------------------ ADORE
 def _adore(many, index, model, out, **over):
     return make_method(Adore, AdoreArgs, "adore", model, many, out,
-                       dict(index=str(index), top_k=40, metric_cut=10, temperature=0.05), **over)[1]
+                       dict(index=str(index), top_k=40, metric_cut=10, temperature=0.05, append_positives="always"),
+                       **over)[1]
 
 
 def _grad_norm(enc) -> float:

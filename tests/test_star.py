@@ -203,3 +203,41 @@ def test_train_command_runs_and_saves(toy, tiny_model, tmp_path):
     assert (out / "training_curve.png").stat().st_size > 1000
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 6
+
+
+def test_star_temperature_auto_follows_the_encoders_normalisation(toy, tiny_model, tmp_path, caplog):
+    """None (the default): 0.05 for an L2-normalising encoder, 1.0 for raw inner products; a set value wins."""
+    import dataclasses
+    import logging
+
+    import torch
+
+    from dretriever.encoder import BiEncoder
+    from dretriever.errors import DretrieverError
+    from dretriever.train.star import Star, StarArgs
+
+    neg = write_random_negatives(toy, tmp_path / "neg.jsonl")
+    assert StarArgs(negatives=str(neg)).temperature is None
+    resolved = {}
+    for normalize in (True, False):
+        _, star = make_method(Star, StarArgs, "star", tiny_model, toy, tmp_path / "o", dict(negatives=str(neg)))
+        enc = BiEncoder.from_pretrained(tiny_model).eval()
+        enc.config.normalize = normalize
+        with caplog.at_level(logging.INFO, logger="dretriever.train.temperature"):
+            star.setup(enc, _Acc())
+        resolved[normalize] = star.args.temperature
+        # the loss divides by the resolved value: equal to the loss with that value set explicitly
+        _, fixed = _star(toy, neg, tiny_model, tmp_path / "o2", temperature=star.args.temperature)
+        fixed.setup(enc, _Acc())
+        batch = star.batches(0)[0]
+        with torch.no_grad():
+            assert star.loss(enc, batch)[0].item() == pytest.approx(fixed.loss(enc, batch)[0].item(), rel=1e-6)
+    assert resolved == {True: 0.05, False: 1.0}
+    assert "star: temperature 0.05 (auto" in caplog.text and "star: temperature 1 (auto" in caplog.text
+    _, explicit = _star(toy, neg, tiny_model, tmp_path / "o3", temperature=0.5)
+    explicit.setup(BiEncoder.from_pretrained(tiny_model), _Acc())
+    assert explicit.args.temperature == 0.5
+    with pytest.raises(DretrieverError, match="temperature"):
+        StarArgs(negatives=str(neg), temperature=-1.0)
+    for f in dataclasses.fields(StarArgs):
+        assert "default" in f.metadata["help"], f.name

@@ -2,19 +2,22 @@
 
 Only the query encoder trains. Documents stay the fixed vectors of an index built with the starting
 model (``dretriever index build``, or the index ``dretriever eval beir`` builds): its manifest
-fingerprint must match the starting model. Every step:
+fingerprint must match the starting model, and it must keep exact vectors (a Flat index, or kept
+vectors; :func:`check_exact_vectors`). Every step:
 
 1. embed the batch's queries (with gradients);
 2. search the index with the *detached* query vectors for the top ``top_k`` (ADORE: 200);
-3. append the query's judged positives that the search missed (rank ``top_k + 1``), at most
-   ``max_appended_positives`` of them: when more are missed, a sample drawn afresh for each epoch (seeded by
-   the recipe's seed, the epoch and the query);
+3. append the query's judged positives that the search missed (rank ``top_k + 1``, beyond the cut):
+   with ``append_positives: if-none-retrieved`` (DRhard's) only when the top ``top_k`` holds none of its
+   positives, with ``always`` at every step; at most ``max_appended_positives`` of them: when more are
+   missed, a sample drawn afresh for each epoch (seeded by the recipe's seed, the epoch and the query);
 4. score the candidates as ``q . d / temperature`` against their fixed index vectors and apply the
    RankNet loss of :mod:`dretriever.train.losses.ranknet`, each pair (i more relevant than j) weighted by
-   its ΔnDCG@``metric_cut``: ``|2^rel_i - 2^rel_j| |g(rank_i) - g(rank_j)| / IDCG`` with ``g(r) = 1/r``
-   (or ``1/log2(r+1)``) cut to zero beyond ``metric_cut``, the judged grades of the qrels as ``rel`` and
-   IDCG from all of the query's judged grades; a query's loss is divided by its number of relevant
-   candidates (a mean over its positives).
+   its ΔnDCG@cut: ``|2^rel_i - 2^rel_j| |g(rank_i) - g(rank_j)| / IDCG`` with ``g(r) = 1/r``
+   (or ``1/log2(r+1)``) cut to zero beyond ``min(metric_cut, top_k)``, the judged grades of the qrels as
+   ``rel`` and IDCG from all of the query's judged grades; a query's loss is divided by its number of
+   pairs (``normalize: pairs``, DRhard's) or of relevant candidates (``positives``), then averaged over
+   the batch.
 
 The hard negatives are thus always the current query encoder's own top ranks ("dynamic" negatives)
 while the document side never changes, so no re-indexing is needed during or after training, and the
@@ -22,10 +25,9 @@ dev evaluation scores the dev queries against the index's vectors of the dev doc
 (:meth:`Adore.dev_doc_vectors`) instead of encoding them at each evaluation.
 
 Many positives (e.g. NFCorpus: 42.7 judged documents per query, up to 1,363, grades 1 and 2): graded
-pairs between positives count, weights come from the grades, the loss per query is a mean over its
-positives (so it keeps the scale of a one-positive query) and the appended positives are bounded, so
-the candidate list stays at most ``top_k + max_appended_positives`` long. With one positive (SciFact's
-usual case) the loss is exactly the earlier one: IDCG = 2^rel - 1 and one positive to divide by.
+pairs between positives count, weights come from the grades, a query's loss is a mean (over its pairs, or
+its positives) so it keeps the scale of a one-positive query, and the appended positives are bounded, so
+the candidate list stays at most ``top_k + max_appended_positives`` long.
 
 Saving: the encoder is untied at setup (the document tower becomes a frozen copy of the starting model),
 so the saved model is a query encoder plus the unchanged document encoder; indexing with it reproduces
@@ -33,59 +35,110 @@ the starting index, and ``dretriever eval beir --model <saved>`` evaluates it as
 ``dretriever adore index`` (:func:`reuse_index`) makes that index from the starting one without
 encoding anything (after checking the document tower's fingerprint).
 
-Differences from DRhard's ``adore/train.py``: AdamW (not LAMB), a temperature on the scores (our
-encoders L2-normalise; DRhard's RoBERTa scores are raw inner products) and a choice of discount.
+Differences from DRhard's ``adore/train.py`` (the same: AdamW with linear warm-up and decay, no weight decay
+on biases and LayerNorm, gradients clipped at norm 1, the top 200, the reciprocal discount, a per-query mean
+over pairs, positives appended only when none is retrieved, the batch mean):
+
+- a temperature on the scores (default: 0.05 for an encoder that L2-normalises its embeddings, whose cosine
+  margins cannot exceed 2; 1.0 otherwise, as DRhard's raw RoBERTa inner products);
+- graded relevance: DRhard's labels are binary and its weights ``|g(r_i) - g(r_j)|``; ours are ΔnDCG
+  (gains ``2^rel - 1``, pairs between two grades, divided by IDCG), which equals DRhard's weight for a query
+  with one positive of any grade and is DRhard's divided by IDCG for several binary positives;
+- appended positives are bounded by ``max_appended_positives`` (DRhard appends all of them) and share
+  rank ``top_k + 1`` (DRhard's rank them ``top_k + 1, top_k + 2, ...``; both discount them to 0 with a cut at
+  ``top_k`` or below, the only cuts here); ``append_positives: always`` and ``normalize: positives`` are
+  options DRhard lacks;
+- ``metric_cut`` defaults to DRhard's passage command (200); a cut above ``top_k`` (or 0) cuts at ``top_k``.
+  DRhard's own default, None, zeroes every weight (``arr[None:] = 0``);
+- the index is sharded and may be searched approximately (a warning: the top ``top_k`` is then that search's;
+  DRhard searches a Flat index of its vectors); the candidates are always scored against exact stored
+  vectors;
+- any number of processes (each searches for its own queries; DRhard runs one), and checkpoints can be
+  chosen on a dev split (DRhard saves each epoch).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
-import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 
 from ..encoder import BiEncoder
 from ..errors import DretrieverError
+from ..index import vectors as vector_files
 from ..index.sharded import ShardedIndex
 from .data import load_train_data
-from .losses.ranknet import DISCOUNTS, ideal_dcg, lambda_weights, ranknet_loss
+from .losses.ranknet import DISCOUNTS, NORMALIZATIONS, ideal_dcg, lambda_weights, ranknet_loss
+from .temperature import resolve_temperature
+
+
+APPEND = ("if-none-retrieved", "always")
 
 
 @dataclass
 class AdoreArgs:
-    index: str = field(default="", metadata={"help": "index of the starting model (fixed document vectors)"})
-    top_k: int = field(default=200, metadata={"help": "documents retrieved per query per step (ADORE: 200)"})
-    metric_cut: int = field(default=10, metadata={"help": "pairs beyond this rank weigh 0 (0: no cut)"})
-    discount: str = field(default="reciprocal", metadata={"help": "reciprocal (1/r, ADORE) | log2 (DCG)"})
-    weighted: bool = field(default=True, metadata={"help": "LambdaLoss-style weights (false: plain RankNet)"})
-    temperature: float = field(default=1.0, metadata={"help": "scores / temperature (use ~0.05 with cosine)"})
+    index: str = field(default="", metadata={
+        "help": "index built with the starting model, whose exact document vectors stay fixed (Flat, or kept "
+                "float32/float16 vectors); required, no default"})
+    top_k: int = field(default=200, metadata={
+        "help": "documents retrieved per query per step, in documents (default 200, DRhard's)"})
+    metric_cut: int = field(default=200, metadata={
+        "help": "rank beyond which a candidate's discount is 0, in ranks (default 200, DRhard's passage command); "
+                "0 or above top_k: cut at top_k, so appended positives always lie beyond it"})
+    discount: str = field(default="reciprocal", metadata={
+        "help": "rank discount g(r) of the pair weights: reciprocal (1/r, DRhard's; default) | log2 (1/log2(r+1))"})
+    weighted: bool = field(default=True, metadata={
+        "help": "ΔnDCG pair weights (default true); false: plain RankNet, every pair weighs 1"})
+    normalize: str = field(default="pairs", metadata={
+        "help": "a query's summed pair losses divided by its number of pairs (pairs: DRhard's; default) or of "
+                "its relevant candidates (positives: about top_k - 1 times larger with one positive)"})
+    temperature: float | None = field(default=None, metadata={
+        "help": "scores = q . d / temperature, unitless (default None = auto: 0.05 for an encoder that "
+                "L2-normalises its embeddings, 1.0 for raw inner products as DRhard)"})
+    append_positives: str = field(default="if-none-retrieved", metadata={
+        "help": "which judged positives join a query's candidates after its top_k (rank top_k + 1): "
+                "if-none-retrieved (default, DRhard's: its missed positives, only when the top_k holds none of "
+                "them) | always (its missed positives, every step)"})
     max_appended_positives: int = field(default=32, metadata={
-        "help": "missed positives appended per query per step (a seeded sample per epoch when more are missed)"})
+        "help": "bound on the positives appended per query per step, in documents (default 32; a seeded sample "
+                "per epoch when more are missed; DRhard appends all)"})
 
     def __post_init__(self):
         if not self.index:
             raise DretrieverError("index: missing; name the index built with the starting model")
         if self.top_k <= 0:
             raise DretrieverError(f"top_k: must be positive, got {self.top_k}")
-        if self.metric_cut < 0 or self.metric_cut > self.top_k:
-            raise DretrieverError(f"metric_cut: must lie in [0, top_k={self.top_k}], got {self.metric_cut}")
+        if self.metric_cut < 0:
+            raise DretrieverError(f"metric_cut: must be >= 0, got {self.metric_cut}")
         if self.discount not in DISCOUNTS:
             raise DretrieverError(f"discount: expected one of {DISCOUNTS}, got {self.discount!r}")
-        if not self.temperature > 0:
+        if self.normalize not in NORMALIZATIONS:
+            raise DretrieverError(f"normalize: expected one of {NORMALIZATIONS}, got {self.normalize!r}")
+        if self.temperature is not None and not self.temperature > 0:
             raise DretrieverError(f"temperature: must be positive, got {self.temperature}")
+        if self.append_positives not in APPEND:
+            raise DretrieverError(f"append_positives: expected one of {APPEND}, got {self.append_positives!r}")
         if self.max_appended_positives < 0:
             raise DretrieverError(f"max_appended_positives: must be >= 0, got {self.max_appended_positives}")
+
+    @property
+    def cut(self) -> int:
+        """The metric cut in effect: ``metric_cut``, at most ``top_k`` (0: ``top_k``)."""
+        return min(self.metric_cut, self.top_k) if self.metric_cut else self.top_k
 
 
 ARGS = AdoreArgs
 log = logging.getLogger(__name__)
 DOC_SETTINGS = ("pooling", "normalize", "doc_prefix", "doc_max_length")  # what the fixed vectors depend on
+F16 = vector_files.filename("float16")
 
 
 def check_index_matches(index: ShardedIndex, encoder: BiEncoder) -> None:
@@ -99,6 +152,23 @@ def check_index_matches(index: ShardedIndex, encoder: BiEncoder) -> None:
     differ = [k for k in DOC_SETTINGS if built[k] != getattr(c, k)]
     if differ:
         raise DretrieverError(f"index: {index.root} was built with other document settings ({', '.join(differ)})")
+
+
+def check_exact_vectors(index: ShardedIndex) -> None:
+    """ADORE scores its candidates against the starting model's document vectors: refuse an index that keeps
+    none (an approximate factory without kept vectors would give its lossy reconstruction, or fail), and warn
+    when the vectors are float16 or the search is approximate (the top_k is then the index's, not the exact
+    one; DRhard searches a Flat index)."""
+    factory = index.manifest["faiss"]["factory"]
+    if not all(s.scannable() for s in index.shards):
+        raise DretrieverError(f"index: {index.root} (factory {factory!r}) keeps no exact document vectors; ADORE "
+                              "needs them: build it with --factory Flat (index build's default), or keep its vectors "
+                              "(index import --keep_vectors float32)")
+    if any(s.vectors_file == F16 for s in index.shards):
+        log.warning("index: %s scores candidates against float16 kept vectors (relative error ~5e-4)", index.root)
+    if not all(isinstance(s.index, faiss.IndexFlat) for s in index.shards):
+        log.warning("index: %s (factory %r) searches approximately: each step's top_k is that search's, not the "
+                    "exact top_k (DRhard searches a Flat index)", index.root, factory)
 
 
 def doc_vectors(index: ShardedIndex, hits: list[tuple[int, int]]) -> np.ndarray:
@@ -123,6 +193,11 @@ class Adore:
             raise DretrieverError("data: ADORE needs a BEIR dataset folder with qrels/<train_split>.tsv")
         self.index = ShardedIndex.open(self.args.index)
         check_index_matches(self.index, encoder)
+        check_exact_vectors(self.index)
+        self.args = replace(self.args, temperature=resolve_temperature(self.args.temperature, encoder, "adore"))
+        if self.args.cut != self.args.metric_cut:
+            log.info("adore: metric cut %d (metric_cut %d, top_k %d)", self.args.cut, self.args.metric_cut,
+                     self.args.top_k)
         if encoder.tied:  # the document tower stays the starting model, saved beside the trained query tower
             encoder.doc_model = copy.deepcopy(encoder.query_model)
         for p in encoder.doc_model.parameters():
@@ -134,7 +209,7 @@ class Adore:
             raise DretrieverError(f"index: {self.index.root} lacks {len(missing)} judged document(s) of "
                                   f"{ta.data}, e.g. {sorted(missing)[0]!r}; was it built from this corpus?")
         self.qids = sorted(self.data.queries)
-        cut = self.args.metric_cut or None
+        cut = self.args.cut
         self.ideal = {q: float(ideal_dcg(torch.tensor([sorted(self.data.qrels[q].values(), reverse=True)]), cut,
                                          self.args.discount)[0]) for q in self.qids}
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
@@ -153,9 +228,13 @@ class Adore:
                 for start in range(0, len(order) - self.global_batch + 1, self.global_batch)]
 
     def appended(self, qid: str, found: set[str], epoch: int = 0) -> list[str]:
-        """The judged positives of ``qid`` missing from ``found`` that join its candidates: all of them, or a
+        """The judged positives of ``qid`` missing from ``found`` that join its candidates (with
+        ``append_positives: if-none-retrieved``, none when ``found`` holds one of them): all of them, or a
         sample of ``max_appended_positives`` (seeded by seed, epoch and query) when more are missed."""
-        missed = [d for d in self.data.positives(qid) if d not in found]
+        positives = self.data.positives(qid)
+        missed = [d for d in positives if d not in found]
+        if self.args.append_positives == "if-none-retrieved" and len(missed) < len(positives):
+            return []
         bound = self.args.max_appended_positives
         if len(missed) > bound:
             rng = random.Random(f"adore-append:{self.train_args.seed}:{epoch}:{qid}")
@@ -201,10 +280,10 @@ class Adore:
         scores = torch.einsum("bd,bnd->bn", q.float(), docs_t) / self.args.temperature
         if self.args.weighted:
             ideal = torch.tensor([self.ideal[x] for x in qids], device=q.device)
-            weights = lambda_weights(ranks, self.args.metric_cut or None, self.args.discount, labels, ideal)
+            weights = lambda_weights(ranks, self.args.cut, self.args.discount, labels, ideal)
         else:
             weights = None
-        loss = ranknet_loss(scores, labels, weights, mask)
+        loss = ranknet_loss(scores, labels, weights, mask, self.args.normalize)
         first_pos = [min((r for r, l in zip(rk, lab) if l > 0), default=self.args.top_k + 1) for _, rk, lab in rows]
         logs = {"first_positive_rank": float(np.mean(first_pos)),
                 "positive_in_top10": float(np.mean([r <= 10 for r in first_pos])),

@@ -17,14 +17,15 @@ positives or as hard negatives, which are mined with the positives excluded), an
 queries of each query's mean over its valid pairs, so a query with many positives weighs as much as one
 with a single positive and the loss keeps its scale.
 
-Differences from DRhard: AdamW + linear warm-up/decay rather than LAMB; a temperature on the scores,
-since our encoders L2-normalise (DRhard's RoBERTa uses the raw inner product, i.e. temperature 1).
+Differences from DRhard: AdamW + linear warm-up/decay rather than LAMB; a temperature on the scores
+(default: 0.05 for an encoder that L2-normalises its embeddings, 1.0 otherwise, as DRhard's RoBERTa's raw
+inner product).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -36,6 +37,7 @@ from .data import load_train_data
 from .losses.contrastive import contrastive_loss
 from .losses.pairwise import pairwise_softmax_loss
 from .method import MethodBase
+from .temperature import resolve_temperature
 
 
 LOSSES = ("pairwise", "softmax")
@@ -43,16 +45,26 @@ LOSSES = ("pairwise", "softmax")
 
 @dataclass
 class StarArgs:
-    negatives: str = field(default="", metadata={"help": "hard negatives from `dretriever mine` (JSONL)"})
-    neg_start: int = field(default=0, metadata={"help": "sample hard negatives from ranks [neg_start, neg_depth)"})
-    neg_depth: int = field(default=200, metadata={"help": "STAR: the top 200 of the warm-up model"})
-    hard_negatives: int = field(default=1, metadata={"help": "hard negatives per query per batch"})
-    temperature: float = field(default=1.0, metadata={"help": "scores / temperature (use ~0.05 with cosine)"})
-    share_hard_negatives: bool = field(default=True, metadata={"help": "score every query against every hard "
-                                                                        "negative of the global batch"})
-    gather: bool = field(default=True, metadata={"help": "share negatives across processes"})
-    loss: str = field(default="pairwise", metadata={"help": "pairwise (the paper's) | softmax (listwise "
-                                                             "cross-entropy over the same candidates)"})
+    negatives: str = field(default="", metadata={
+        "help": "hard negatives from `dretriever mine` (JSONL file); required, no default"})
+    neg_start: int = field(default=0, metadata={
+        "help": "first mined rank (0-based) hard negatives are sampled from: ranks [neg_start, neg_depth) "
+                "(default 0)"})
+    neg_depth: int = field(default=200, metadata={
+        "help": "end of the mined ranks sampled from, exclusive (default 200: STAR's top 200 of the warm-up "
+                "model)"})
+    hard_negatives: int = field(default=1, metadata={
+        "help": "hard negatives per query per batch, in documents (default 1)"})
+    temperature: float | None = field(default=None, metadata={
+        "help": "scores = q . d / temperature, unitless (default None = auto: 0.05 for an encoder that "
+                "L2-normalises its embeddings, 1.0 for raw inner products as DRhard)"})
+    share_hard_negatives: bool = field(default=True, metadata={
+        "help": "score every query against every hard negative of the global batch (default true, as DRhard); "
+                "false: only its own"})
+    gather: bool = field(default=True, metadata={
+        "help": "share positives and negatives across processes (default true)"})
+    loss: str = field(default="pairwise", metadata={
+        "help": "pairwise (the paper's; default) | softmax (listwise cross-entropy over the same candidates)"})
 
     def __post_init__(self):
         check_file("negatives", self.negatives)
@@ -62,7 +74,7 @@ class StarArgs:
             raise DretrieverError(f"neg_depth: must exceed neg_start ({self.neg_start}), got {self.neg_depth}")
         if self.hard_negatives < 0:
             raise DretrieverError(f"hard_negatives: must be >= 0, got {self.hard_negatives}")
-        if not self.temperature > 0:
+        if self.temperature is not None and not self.temperature > 0:
             raise DretrieverError(f"temperature: must be positive, got {self.temperature}")
         if self.loss not in LOSSES:
             raise DretrieverError(f"loss: expected one of {LOSSES}, got {self.loss!r}")
@@ -83,6 +95,7 @@ class Star(MethodBase):
         ta = self.train_args
         if not ta.data:
             raise DretrieverError("data: STAR needs a BEIR dataset folder with qrels/<train_split>.tsv")
+        self.args = replace(self.args, temperature=resolve_temperature(self.args.temperature, encoder, "star"))
         self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries, dev_split=ta.dev_split)
         negatives, _ = read_negatives(self.args.negatives)
         self.pool: dict[str, list[str]] = {}

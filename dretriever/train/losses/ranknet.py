@@ -4,9 +4,17 @@ For each query, every pair (i, j) of its candidates with ``rel_i > rel_j`` contr
 
     w_ij * log(1 + exp(-(s_i - s_j)))
 
-and the query's loss is the sum over its pairs divided by ``P``, its number of relevant candidates
-(``rel > 0``); the batch loss is the mean over queries. The weight is the change of nDCG@cut when i and j
-swap ranks (LambdaRank's ΔnDCG):
+and the query's loss is the sum over its pairs divided by a count that ``normalize`` chooses; the batch loss is
+the mean over queries:
+
+- ``pairs`` (default, DRhard's ``adore/train.py``): the number of its pairs (i, j) with ``rel_i > rel_j``
+  among its candidates, whatever their weights, so a query's loss is a mean over its pairs. With one positive
+  among ADORE's top 200 that is 199 pairs.
+- ``positives``: ``P``, its number of relevant candidates (``rel > 0``), a mean over its positives: with one
+  positive, the plain weighted sum, about (number of candidates - 1) times the ``pairs`` loss (199x for the
+  top 200), so most steps are clipped at a gradient norm of 1.
+
+The weight is the change of nDCG@cut when i and j swap ranks (LambdaRank's ΔnDCG):
 
     w_ij = |G(rel_i) - G(rel_j)| * |g(r_i) - g(r_j)| / IDCG,       G(rel) = 2^rel - 1
 
@@ -17,14 +25,13 @@ weighting; ``g(r) = 1/log2(r+1)``: DCG), and IDCG the best DCG@cut the query's j
 ranked below the cut is pulled up against the documents above the cut that it outranks in relevance.
 
 Many positives: graded pairs between two relevant documents count too (rel 2 over rel 1); IDCG makes the
-weights independent of the gain scale, and the division by ``P`` makes a query's loss a mean over its
-positives, so it is bounded by the one-positive bound (``N`` candidates x the largest softplus) whatever
-the number of positives: a query with 1,000 positives weighs no more than one with 1. With one positive
-of any grade, IDCG = G(rel) * g(1) = G(rel) and P = 1, so the loss is exactly the binary, unnormalised
-``|g(r_i) - g(r_j)|``-weighted sum of earlier versions.
+weights independent of the gain scale, and either division bounds a query's loss whatever its number of
+positives (``pairs``: by the largest weighted pair term; ``positives``: by ``N`` candidates x the largest
+softplus), so a query with 1,000 positives weighs no more than one with 1. With one positive of any grade,
+IDCG = G(rel) * g(1) = G(rel), so the weights are the binary ``|g(r_i) - g(r_j)|`` of DRhard.
 
 Without ``relevance`` (``lambda_weights(ranks, cut, discount)``) the weights are the binary
-``|g(r_i) - g(r_j)|`` (no gains, no IDCG); the division by ``P`` still applies in :func:`ranknet_loss`.
+``|g(r_i) - g(r_j)|`` (no gains, no IDCG); the division still applies in :func:`ranknet_loss`.
 
 References:
     Burges et al., "Learning to Rank using Gradient Descent" (ICML 2005): RankNet.
@@ -50,6 +57,7 @@ from torch import nn
 from .precision import fp32
 
 DISCOUNTS = ("reciprocal", "log2")
+NORMALIZATIONS = ("pairs", "positives")
 
 
 def rank_gain(ranks: torch.Tensor, cut: int | None = None, discount: str = "reciprocal") -> torch.Tensor:
@@ -100,12 +108,15 @@ def lambda_weights(ranks: torch.Tensor, cut: int | None = None, discount: str = 
 
 @fp32
 def ranknet_loss(scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
+                 mask: torch.Tensor | None = None, normalize: str = "pairs") -> torch.Tensor:
     """Weighted RankNet loss over pairs with ``labels_i > labels_j``: per query the sum over its pairs divided
-    by its number of relevant candidates, then the mean over queries (a query without pairs counts as 0).
+    by its number of such pairs (``normalize="pairs"``, DRhard's) or of relevant candidates (``"positives"``),
+    then the mean over queries (a query without pairs counts as 0).
 
     ``weights`` is (B, N, N) (``lambda_weights``) or None for the plain RankNet loss (all pairs weigh 1).
     """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize: expected one of {NORMALIZATIONS}, got {normalize!r}")
     rel = labels.to(torch.float32)
     if mask is None:
         mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
@@ -117,8 +128,8 @@ def ranknet_loss(scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
     if weights is not None:  # zeroed off the pairs first, so a non-finite weight elsewhere cannot reach a gradient
         per_pair = per_pair * torch.where(pairs, weights.to(per_pair.dtype), torch.zeros_like(per_pair))
     per_pair = torch.where(pairs, per_pair, torch.zeros_like(per_pair))
-    positives = ((rel > 0) & mask).sum(1).clamp(min=1).to(per_pair.dtype)
-    return (per_pair.sum((1, 2)) / positives).mean()
+    count = pairs.sum((1, 2)) if normalize == "pairs" else ((rel > 0) & mask).sum(1)
+    return (per_pair.sum((1, 2)) / count.clamp(min=1).to(per_pair.dtype)).mean()
 
 
 class RankNetLoss(nn.Module):
@@ -128,13 +139,17 @@ class RankNetLoss(nn.Module):
         cut: metric cut; pairs whose candidates both rank beyond it weigh zero (None: no cut).
         discount: ``"reciprocal"`` (1/r, ADORE's MRR weighting) or ``"log2"`` (DCG).
         weighted: False gives the plain RankNet loss.
+        normalize: ``"pairs"`` (DRhard's: a mean over each query's pairs) or ``"positives"``.
     """
 
-    def __init__(self, cut: int | None = 10, discount: str = "reciprocal", weighted: bool = True):
+    def __init__(self, cut: int | None = 10, discount: str = "reciprocal", weighted: bool = True,
+                 normalize: str = "pairs"):
         super().__init__()
         if discount not in DISCOUNTS:
             raise ValueError(f"discount: expected one of {DISCOUNTS}, got {discount!r}")
-        self.cut, self.discount, self.weighted = cut, discount, weighted
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize: expected one of {NORMALIZATIONS}, got {normalize!r}")
+        self.cut, self.discount, self.weighted, self.normalize = cut, discount, weighted, normalize
 
     @fp32
     def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, labels: torch.Tensor, ranks: torch.Tensor,
@@ -147,4 +162,4 @@ class RankNetLoss(nn.Module):
             weights = lambda_weights(ranks, self.cut, self.discount, grades, ideal)
         else:
             weights = None
-        return ranknet_loss(scores, labels, weights, mask)
+        return ranknet_loss(scores, labels, weights, mask, self.normalize)
