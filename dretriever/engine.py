@@ -13,13 +13,14 @@ ENGINES = ("local", "ray")
 
 @dataclass
 class EngineArgs:
-    engine: str = field(default="local", metadata={"help": "local (this machine) | ray (a Ray cluster; "
-                                                           "pip install 'dretriever[ray]')"})
+    engine: str = field(default="local", metadata={"help": "where the work runs: local (this machine) | ray (a "
+                                                           "Ray cluster; pip install 'dretriever[ray]')"})
     address: str | None = field(default=None, metadata={"help": "Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
                                                                 "(default: $RAY_ADDRESS, else a local cluster)"})
-    workers: int = field(default=0, metadata={"help": "Ray encoder actors (0: one per GPU, else one per "
-                                                      "worker_cpus of the cluster's CPUs, less one for reading)"})
-    worker_cpus: float = field(default=1.0, metadata={"help": "CPUs per Ray encoder actor (its torch threads)"})
+    workers: int = field(default=0, metadata={"help": "Ray encoder actors, a count (0: one per GPU, else one "
+                                                      "per worker_cpus of the cluster's CPUs, less one for reading)"})
+    worker_cpus: float = field(default=1.0, metadata={"help": "CPUs per Ray encoder actor (its torch threads), a "
+                                                              "count"})
 
     def __post_init__(self):
         if self.engine not in ENGINES:

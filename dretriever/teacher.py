@@ -60,17 +60,20 @@ class TeacherArgs:
     cross_encoder: str = field(default="", metadata={"help": "CrossEncoder folder or hub id (teacher=cross-encoder)"})
     candidates: str = field(default="bm25", metadata={"help": "first stage of the cross-encoder: bm25|dense|fusion"})
     split: str = field(default="train", metadata={"help": "qrels split whose queries are scored"})
-    depth: int = field(default=200, metadata={"help": "candidates per query"})
+    depth: int = field(default=200, metadata={"help": "candidates per query, in documents"})
     positives: bool = field(default=True, metadata={"help": "score every judged positive too"})
     fusion: str = field(default="interpolation", metadata={"help": "rrf | interpolation"})
-    alpha: float = field(default=0.5, metadata={"help": "dense weight of the interpolation"})
+    alpha: float = field(default=0.5, metadata={"help": "dense weight of the interpolation, in [0, 1]"})
     index_root: str = field(default="indexes", metadata={"help": "where the BM25 and dense indexes are (re)used"})
-    shards: int = 4
-    factory: str = "Flat"
-    batch_size: int = 64
-    precision: str = "auto"
-    chunk_queries: int = field(default=256, metadata={"help": "queries per resumable chunk"})
-    progress: bool = True
+    shards: int = field(default=4, metadata={"help": "shards of the dense index built for the dense/fusion teachers "
+                                                     "and first stages, a count"})
+    factory: str = field(default="Flat", metadata={"help": "faiss index_factory string of that index"})
+    batch_size: int = field(default=64, metadata={"help": "texts (or query-document pairs) per encoding batch, "
+                                                          "at most"})
+    precision: str = field(default="auto", metadata={"help": "encoding precision: auto (bf16 where the CPU or GPU "
+                                                             "runs it natively, else fp32) | fp32 | bf16 | fp16"})
+    chunk_queries: int = field(default=256, metadata={"help": "queries per resumable chunk, a count"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars (--progress false: none)"})
 
     def __post_init__(self):
         if self.teacher not in TEACHERS:

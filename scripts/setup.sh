@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv beside this repository's root and installs dretriever with its test and ray extras into it.
-# Idempotent: a second run only checks. torch is pinned (pyproject.toml) to the CPU build 2.13.0.
+# Creates .venv beside this repository's root and installs dretriever with its test and ray extras into it,
+# at the exact tested versions of constraints.txt (pyproject.toml states only ranges; torch: the CPU build).
+# Idempotent: a second run only checks.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -8,4 +9,4 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test,ray]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,ray]"

@@ -3,6 +3,7 @@
 exit status 2 (an id holding whitespace used to break trec_eval's run reader with a pandas traceback, an
 invalid byte gave a UnicodeDecodeError traceback); a leading byte-order mark is accepted."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -104,6 +105,14 @@ def test_bad_ids_through_the_cli(tmp_path, capsys, where, doc_id, shown):
     assert cli_main(eval_args(data, tmp_path)) == 2
     err = capsys.readouterr().err
     assert f"dretriever eval beir: error: {data / name}:{line}: {shown}" in err, err
+
+
+def test_a_gzipped_corpus_reports_a_bad_id_by_file_and_line(tmp_path, capsys):
+    data = make_dataset(tmp_path / "ds", corpus=gzip.compress(with_id("a b")))
+    (data / "corpus.jsonl").rename(data / "corpus.jsonl.gz")
+    assert cli_main(eval_args(data, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert f"dretriever eval beir: error: {data / 'corpus.jsonl.gz'}:3: '_id' 'a b' holds whitespace (' ')" in err, err
 
 
 def test_qrels_bad_bytes_and_bad_relevance(tmp_path, capsys):

@@ -1,11 +1,14 @@
 """The strict BEIR reader: fatal errors name file and line; soft problems are counted and warned."""
 
+import gzip
 import json
 import logging
+import re
 
 import pytest
 
 from dretriever.data.beir import load_beir, load_corpus, load_qrels
+from dretriever.data.readers import read_records
 from dretriever.errors import DataError
 
 
@@ -70,6 +73,48 @@ def test_bad_qrels_row(tmp_path):
     write_dataset(tmp_path, [doc("d1")], qrels="query-id\tcorpus-id\tscore\nq1\td1\tx\n")
     with pytest.raises(DataError, match=r"test.tsv:2: relevance must be an integer"):
         load_qrels(tmp_path / "qrels" / "test.tsv")
+
+
+def gzip_file(path):
+    """``path`` compressed to ``path.gz`` (the plain file removed)."""
+    packed = path.with_name(path.name + ".gz")
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    path.unlink()
+    return packed
+
+
+def test_a_gzipped_beir_folder_loads_like_the_plain_one(tmp_path):
+    lines = [doc("d1", "first"), "", doc("d2", "second", title=""), doc(3, "third")]
+    plain = load_beir(write_dataset(tmp_path / "plain", lines))
+    packed = write_dataset(tmp_path / "packed", lines)
+    gzip_file(packed / "corpus.jsonl"), gzip_file(packed / "queries.jsonl")
+    ds = load_beir(packed)
+    assert (ds.corpus, ds.queries, ds.qrels) == (plain.corpus, plain.queries, plain.qrels)
+    assert list(ds.corpus) == ["d1", "d2", "3"] and ds.corpus.path == str(packed / "corpus.jsonl.gz")
+    # the datastore readers: a .jsonl.gz file and a folder holding corpus.jsonl.gz read like corpus.jsonl
+    expected = [(r.id, r.title, r.text, r.where.rsplit(":", 1)[1]) for r in read_records(tmp_path / "plain")]
+    assert expected == [("d1", "t", "first", "1"), ("d2", "", "second", "3"), ("3", "t", "third", "4")]
+    for source in (packed, packed / "corpus.jsonl.gz"):
+        got = [(r.id, r.title, r.text, r.where) for r in read_records(source)]
+        assert got == [(i, t, x, f"{packed / 'corpus.jsonl.gz'}:{n}") for i, t, x, n in expected]
+
+
+def test_a_bad_line_inside_a_gzip_file_names_file_and_line(tmp_path):
+    write_dataset(tmp_path, [doc("d1"), doc("d2"), '{"_id": "d3", "text": oops}'])
+    packed = gzip_file(tmp_path / "corpus.jsonl")
+    where = re.escape(str(packed))
+    with pytest.raises(DataError, match=rf"^{where}:3: malformed JSON \(Expecting value at column 23\)$"):
+        load_beir(tmp_path)
+    packed.write_bytes(gzip.compress(b'{"_id": "d1", "text": "a"}\n{"_id": "d\xff2", "text": "b"}\n'))
+    with pytest.raises(DataError, match=rf"^{where}:2: not valid UTF-8 \(byte offset 37 in the uncompressed data\)$"):
+        load_corpus(tmp_path / "corpus.jsonl")
+    whole = gzip.compress(("".join(doc(f"d{i}") + "\n" for i in range(1, 2001))).encode())
+    packed.write_bytes(whole[:len(whole) // 2])  # cut short: the lines before the cut are read, then an error
+    with pytest.raises(DataError, match=rf"^{where}:\d+: unreadable gzip data \(Compressed file ended before"):
+        load_corpus(packed)
+    packed.write_bytes(b"not gzip at all\n")
+    with pytest.raises(DataError, match=rf"^{where}:1: unreadable gzip data \(Not a gzipped file"):
+        list(read_records(packed))
 
 
 def test_scifact_loads_with_published_counts(scifact_dir):

@@ -17,10 +17,11 @@ from ..index.generations import KEEP
 
 @dataclass
 class ChangeArgs:
-    datastore: str = field(default="", metadata={"help": "the datastore folder (holding manifest.json)"})
+    datastore: str = field(default="", metadata={"help": "the datastore folder, holding manifest.json (required)"})
     wait: bool = field(default=False, metadata={"help": "wait for another writer instead of refusing"})
     abort_pending: bool = field(default=False, metadata={"help": "drop an interrupted change instead of refusing"})
-    keep_generations: int = field(default=KEEP, metadata={"help": "generations whose files are kept (>= 1)"})
+    keep_generations: int = field(default=KEEP, metadata={"help": "generations whose files are kept, a count "
+                                                                  "(>= 1)"})
 
     def __post_init__(self):
         if not self.datastore:
@@ -31,15 +32,17 @@ class ChangeArgs:
 
 @dataclass
 class AddArgs(ChangeArgs):
-    sources: list[str] = field(default_factory=list, metadata={"help": "JSONL/Parquet files or text folders"})
-    format: str = "auto"
-    shards: int = field(default=1, metadata={"help": "new shards for these documents"})
+    sources: list[str] = field(default_factory=list, metadata={"help": "JSONL (or .jsonl.gz)/Parquet files or text "
+                                                                       "folders (required)"})
+    format: str = field(default="auto", metadata={"help": "auto | jsonl | parquet | text"})
+    shards: int = field(default=1, metadata={"help": "new shards for these documents, a count"})
     model: str | None = field(default=None, metadata={"help": "the encoder (default: the manifest's; another "
                                                                 "one is refused)"})
-    batch_size: int = 64
-    precision: str = "auto"
-    chunk_docs: int = 512
-    progress: bool = True
+    batch_size: int = field(default=64, metadata={"help": "passages per encoding batch, at most"})
+    precision: str = field(default="auto", metadata={"help": "encoding precision: auto (bf16 where the CPU or GPU "
+                                                             "runs it natively, else fp32) | fp32 | bf16 | fp16"})
+    chunk_docs: int = field(default=512, metadata={"help": "passages encoded and written per step (memory bound)"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars (--progress false: none)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -49,7 +52,7 @@ class AddArgs(ChangeArgs):
 
 @dataclass
 class DeleteArgs(ChangeArgs):
-    ids: str = field(default="", metadata={"help": "file of document ids, one per line"})
+    ids: str = field(default="", metadata={"help": "file of document ids, one per line (required)"})
 
     def __post_init__(self):
         super().__post_init__()

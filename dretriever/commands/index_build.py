@@ -17,22 +17,31 @@ from ..token_batches import parse_max_tokens
 
 @dataclass
 class IndexBuildArgs(EngineArgs):
-    corpus: str = field(default="", metadata={"help": "BEIR corpus.jsonl, or a BEIR dataset folder"})
-    output: str = field(default="", metadata={"help": "index folder (manifest.json + shard-NNNNN/)"})
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    shards: int = 4
-    factory: str = field(default="Flat", metadata={"help": "faiss index_factory string"})
-    batch_size: int = 64
-    precision: str = "auto"
+    corpus: str = field(default="", metadata={"help": "BEIR corpus.jsonl (or .jsonl.gz), or a BEIR dataset folder "
+                                                       "(required)"})
+    output: str = field(default="", metadata={"help": "index folder to write: manifest.json + shard-NNNNN/ "
+                                                       "(required)"})
+    model: str = field(default="sentence-transformers/all-MiniLM-L6-v2",
+                       metadata={"help": "encoder: a saved dretriever/sentence-transformers folder or a hub name"})
+    shards: int = field(default=4, metadata={"help": "shards the index is split into, a count (contiguous, nearly "
+                                                     "equal ranges of the corpus)"})
+    factory: str = field(default="Flat", metadata={"help": "faiss index_factory string: Flat, HNSW32, "
+                                                           "IVF1024,PQ32, ..."})
+    batch_size: int = field(default=64, metadata={"help": "texts per encoding batch, at most"})
+    precision: str = field(default="auto", metadata={"help": "encoding precision: auto (bf16 where the CPU or GPU "
+                                                             "runs it natively, else fp32) | fp32 | bf16 | fp16"})
     max_tokens: str = field(default="auto", metadata={"help": "padded tokens per encoding batch: auto (1,024 on "
                                                                   "a CPU), none (batch_size texts) or N"})
     backend: str = field(default="torch", metadata={"help": "inference backend: torch | onnx (fp32 ONNX Runtime) | "
                                                              "onnx-int8 (static int8, calibrated on the corpus); "
                                                              "recorded in the manifest, the query side uses it too"})
     calibration: int = field(default=DEFAULT_PASSAGES, metadata={"help": "onnx-int8: passages drawn (seeded) from "
-                                                                         "the corpus to calibrate on"})
-    train_sample: int | None = field(default=None, metadata={"help": "vectors to train IVF/PQ on"})
-    overwrite: bool = False
+                                                                         "the corpus to calibrate on, a count"})
+    train_sample: int | None = field(default=None, metadata={"help": "vectors to train IVF/PQ on, a count (default: "
+                                                                    "max(50 x nlist, 10,000), at most all)"})
+    overwrite: bool = field(default=False, metadata={"help": "delete whatever is at --output first (without it, a "
+                                                             "build with the same settings resumes or is kept, "
+                                                             "another is refused)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -55,7 +64,7 @@ def main(argv) -> int:
         from ..ray.build import ray_builder
 
         builder = ray_builder(args, backend=args.backend)
-    source = corpus_source(corpus, args.shards, {"path": str(path.resolve())})
+    source = corpus_source(corpus, args.shards, {"path": str(Path(corpus.path).resolve())})
     manifest = build_index(source, encoder, args.output, model=args.model, factory=args.factory,
                            batch_size=args.batch_size, precision=args.precision,
                            train_sample=args.train_sample, overwrite=args.overwrite,

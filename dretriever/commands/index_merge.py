@@ -12,7 +12,8 @@ from ..index.merge import merge_index
 class IndexMergeArgs:
     index: str = field(metadata={"help": "index folder to merge"})
     output: str = field(metadata={"help": "new index folder with one shard (loads in Pyserini's FaissSearcher)"})
-    overwrite: bool = False
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing folder at --output (without it, "
+                                                             "one is refused)"})
 
 
 def main(argv) -> int:

@@ -29,11 +29,12 @@ class MineArgs:
     index: str = field(metadata={"help": "a complete dense index (dretriever index build)"})
     data: str = field(metadata={"help": "BEIR dataset folder whose queries are mined"})
     output: str = field(metadata={"help": "negatives JSONL to write"})
-    split: str = "train"
-    depth: int = field(default=200, metadata={"help": "negatives kept per query (STAR: 200)"})
+    split: str = field(default="train", metadata={"help": "qrels split whose queries are mined (qrels/SPLIT.tsv)"})
+    depth: int = field(default=200, metadata={"help": "negatives kept per query, in documents (STAR: 200)"})
     model: str | None = field(default=None, metadata={"help": "query encoder (default: the index's model)"})
-    batch_size: int = 128
-    precision: str = "auto"
+    batch_size: int = field(default=128, metadata={"help": "queries per encoding batch, at most"})
+    precision: str = field(default="auto", metadata={"help": "query encoding precision: auto (bf16 where the CPU or "
+                                                             "GPU runs it natively, else fp32) | fp32 | bf16 | fp16"})
 
     def __post_init__(self):
         if self.depth <= 0:

@@ -26,35 +26,39 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ServeArgs:
-    index: str = field(default="", metadata={"help": "index folder (also accepted as the first argument)"})
+    index: str = field(default="", metadata={"help": "index or datastore folder (also accepted as the first "
+                                                     "argument; required)"})
     host: str = field(default="127.0.0.1", metadata={"help": "interface to bind; 0.0.0.0 exposes the server"})
-    port: int = 8000
+    port: int = field(default=8000, metadata={"help": "TCP port to listen on"})
     mode: str = field(default="dense", metadata={"help": f"default mode: {' | '.join(MODES)}"})
     fusion: str = field(default="rrf", metadata={"help": f"hybrid fusion: {' | '.join(FUSIONS)}"})
-    alpha: float = field(default=0.5, metadata={"help": "weight of the dense run for interpolation"})
+    alpha: float = field(default=0.5, metadata={"help": "weight of the dense run for interpolation, in [0, 1]"})
     model: str | None = field(default=None, metadata={"help": "query encoder (default: the manifest's)"})
     precision: str = field(default="auto", metadata={"help": "query encoding: auto | fp32 | bf16 | fp16"})
-    max_k: int = 1000
-    max_batch: int = 64
-    max_query_chars: int = 2000
-    max_body_bytes: int = 1 << 20
-    nprobe: int | None = field(default=None, metadata={"help": "IVF lists probed per shard"})
+    max_k: int = field(default=1000, metadata={"help": "largest k a request may ask for, in hits (larger: 422)"})
+    max_batch: int = field(default=64, metadata={"help": "most queries in one /batch_search request (more: 422)"})
+    max_query_chars: int = field(default=2000, metadata={"help": "longest query, in characters (longer: 422)"})
+    max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body, in bytes (larger: 413)"})
+    nprobe: int | None = field(default=None, metadata={"help": "IVF lists probed per shard (default: faiss's, 1)"})
     rerank: int = field(default=0, metadata={"help": "re-score the top-R approximate candidates exactly from the "
-                                                     "vectors kept on disk (0: off)"})
-    ef_search: int | None = field(default=None, metadata={"help": "HNSW efSearch"})
+                                                     "vectors kept on disk, in candidates (0: off)"})
+    ef_search: int | None = field(default=None, metadata={"help": "HNSW efSearch, candidates kept while searching "
+                                                                   "(default: faiss's, 16)"})
     micro_batch: int = field(default=32, metadata={"help": "concurrent /search requests gathered into one encoder "
                                                           "forward and one search (0 or 1: off)"})
     micro_batch_wait_ms: float = field(default=DEFAULT_MAX_WAIT_MS,
-                                       metadata={"help": "longest wait for a micro-batch to fill"})
-    log_level: str = "info"
+                                       metadata={"help": "longest wait for a micro-batch to fill, in "
+                                                         "milliseconds"})
+    log_level: str = field(default="info", metadata={"help": "uvicorn's log level: critical | error | warning | "
+                                                             "info | debug | trace"})
     engine: str = field(default="local", metadata={"help": "local (this process, uvicorn) | ray (Ray Serve)"})
     address: str | None = field(default=None, metadata={"help": "engine ray: the cluster to join (auto: the one "
                                                               "on this node; default: RAY_ADDRESS, else a new "
                                                               "local cluster)"})
     shard_groups: int = field(default=0, metadata={"help": "engine ray: deployments the shards are split "
-                                                          "between (0: min(shards, 2))"})
+                                                          "between, a count (0: min(shards, 2))"})
     group_timeout_s: float = field(default=30.0, metadata={"help": "engine ray: a shard group silent this long "
-                                                                   "answers 503"})
+                                                                   "answers 503, in seconds"})
 
     def __post_init__(self):
         if not self.index:

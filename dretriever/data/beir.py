@@ -1,4 +1,5 @@
 """Strict reader for datasets in the BEIR layout (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``).
+``corpus.jsonl.gz`` and ``queries.jsonl.gz`` are read where the plain files are absent (same errors, same lines).
 
 Fatal, with ``file:line``: malformed JSON, a missing ``_id``, a duplicate id, an empty corpus, a
 malformed qrels row, and a split whose qrels name none of the queries. Counted and warned: documents
@@ -14,7 +15,7 @@ from pathlib import Path
 from ..errors import DataError
 from .ids import check_id
 from .jsonl import read_jsonl, required_id
-from .lines import read_lines
+from .lines import or_gzip, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,21 @@ class Document:
         return f"{self.title} {self.text}".strip() if self.title else self.text.strip()
 
 
+class Corpus(dict):
+    """``{doc id: Document}`` in file order, knowing the file it was read from (``path``), so that a later
+    stage can name a document's line (:func:`corpus_line`)."""
+
+    path: str | None = None
+
+
+def corpus_line(path: str | Path, doc_id: str) -> int | None:
+    """The line of ``path`` (a corpus JSONL file) holding document ``doc_id``; None if none does."""
+    for line, obj in read_jsonl(path):
+        if obj.get("_id") is not None and str(obj["_id"]) == doc_id:
+            return line
+    return None
+
+
 @dataclass
 class BeirDataset:
     name: str
@@ -44,9 +60,10 @@ class BeirDataset:
     split: str
 
 
-def load_corpus(path: str | Path) -> dict[str, Document]:
-    path = Path(path)
-    corpus: dict[str, Document] = {}
+def load_corpus(path: str | Path) -> Corpus:
+    path = or_gzip(path)
+    corpus = Corpus()
+    corpus.path = str(path)
     first_line: dict[str, int] = {}
     empty = 0
     for line, obj in read_jsonl(path):
@@ -69,7 +86,7 @@ def load_corpus(path: str | Path) -> dict[str, Document]:
 
 
 def load_queries(path: str | Path) -> dict[str, str]:
-    path = Path(path)
+    path = or_gzip(path)
     queries: dict[str, str] = {}
     for line, obj in read_jsonl(path):
         qid = required_id(obj, path, line)
@@ -115,7 +132,8 @@ def load_beir(path: str | Path, split: str = "test", corpus: dict[str, Document]
     if not path.is_dir():
         raise DataError(path, "dataset folder not found (set BEIR_DATA or pass --data)")
     corpus = corpus if corpus is not None else load_corpus(path / "corpus.jsonl")
-    all_queries = load_queries(path / "queries.jsonl")
+    queries_path = or_gzip(path / "queries.jsonl")
+    all_queries = load_queries(queries_path)
     qrels_path = path / "qrels" / f"{split}.tsv"
     raw = load_qrels(qrels_path)
     qrels: dict[str, dict[str, int]] = {}
@@ -132,7 +150,7 @@ def load_beir(path: str | Path, split: str = "test", corpus: dict[str, Document]
         log.warning("%s: dropped %d judgment(s) naming unknown queries and %d naming unknown documents",
                     qrels_path, unknown_q, unknown_d)
     if not qrels:
-        raise DataError(qrels_path, f"no judgments for any query in {path / 'queries.jsonl'}")
+        raise DataError(qrels_path, f"no judgments for any query in {queries_path}")
     queries = {qid: all_queries[qid] for qid in qrels}
     return BeirDataset(path.name, path, corpus, queries, qrels, split)
 

@@ -40,7 +40,8 @@ def _check_strings(value, path, number: int) -> None:
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line; raise :class:`DataError` on bad JSON or bytes."""
+    """Yield ``(line_number, object)`` for each non-blank line (``.gz``: through gzip); raise :class:`DataError` on
+    bad JSON or bytes."""
     path = Path(path)
     for number, line in read_lines(path):
         if not line.strip():

@@ -6,6 +6,7 @@ reports bad input as ``file:line`` (JSONL line, Parquet row, or the text file it
 - JSONL: one object per line; the id is ``id_field`` (default ``_id``, else ``id``), the text
   ``text_field`` (default ``text``), the title ``title_field`` (default ``title``, optional); every
   other key goes into the metadata. A BEIR dataset folder (holding ``corpus.jsonl``) reads as JSONL.
+  ``.jsonl.gz`` (and a folder's ``corpus.jsonl.gz``) read the same through gzip, with the same line numbers.
 - Parquet: the same fields as columns, read in record batches.
 - A folder of text files (``*.txt``, ``*.md``, recursively, in sorted order): the id is the path
   relative to the folder without its suffix, the text the file's UTF-8 content.
@@ -22,6 +23,7 @@ from typing import Iterator
 from ..errors import DataError
 from .ids import check_id
 from .jsonl import read_jsonl, required_id
+from .lines import or_gzip
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +59,14 @@ def source_format(path: str | Path, fmt: str = "auto") -> tuple[str, Path]:
     if fmt != "auto":
         return fmt, path
     if path.is_dir():
-        if (path / "corpus.jsonl").is_file():
-            return "jsonl", path / "corpus.jsonl"
-        return "text", path
-    if path.suffix in (".jsonl", ".json"):
+        corpus = or_gzip(path / "corpus.jsonl")
+        return ("jsonl", corpus) if corpus.is_file() else ("text", path)
+    if path.suffix in (".jsonl", ".json") or path.name.endswith((".jsonl.gz", ".json.gz")):
         return "jsonl", path
     if path.suffix in (".parquet", ".pq"):
         return "parquet", path
-    raise DataError(path, "cannot tell the format from the name (.jsonl, .parquet or a folder); pass --format")
+    raise DataError(path, "cannot tell the format from the name (.jsonl, .jsonl.gz, .parquet or a folder); "
+                        "pass --format")
 
 
 def describe(path: str | Path, fmt: str = "auto") -> dict:

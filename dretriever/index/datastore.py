@@ -40,31 +40,41 @@ BM25_DIR = "bm25"
 
 @dataclass
 class DatastoreArgs(EngineArgs):
-    sources: list[str] = field(default_factory=list, metadata={"help": "JSONL/Parquet files or text-file folders"})
-    output: str = field(default="", metadata={"help": "datastore folder (manifest.json, shard-NNNNN/, bm25/)"})
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    shards: int = 4
+    sources: list[str] = field(default_factory=list, metadata={"help": "JSONL (or .jsonl.gz)/Parquet files or "
+                                                                       "text-file folders (required)"})
+    output: str = field(default="", metadata={"help": "datastore folder to write: manifest.json, shard-NNNNN/, bm25/ "
+                                                      "(required)"})
+    model: str = field(default="sentence-transformers/all-MiniLM-L6-v2",
+                       metadata={"help": "encoder: a saved dretriever/sentence-transformers folder or a hub name"})
+    shards: int = field(default=4, metadata={"help": "shards the datastore is split into, a count (a document's "
+                                                     "passages go to shard crc32(id) % shards)"})
     factory: str = field(default="Flat", metadata={"help": "faiss factory: Flat, HNSW32, IVF1024,PQ32, ..."})
     format: str = field(default="auto", metadata={"help": "auto | jsonl | parquet | text"})
     id_field: str | None = field(default=None, metadata={"help": "id key/column (default _id, else id)"})
-    text_field: str = "text"
-    title_field: str = "title"
+    text_field: str = field(default="text", metadata={"help": "JSONL key or Parquet column holding the text"})
+    title_field: str = field(default="title", metadata={"help": "JSONL key or Parquet column holding the title "
+                                                                "(optional in the data)"})
     chunking: str = field(default="words", metadata={"help": "none | words | tokens"})
     chunk_size: int = field(default=200, metadata={"help": "words or tokens per passage"})
     chunk_overlap: int = field(default=40, metadata={"help": "words or tokens shared by neighbouring passages"})
-    batch_size: int = 64
-    precision: str = "auto"
+    batch_size: int = field(default=64, metadata={"help": "passages per encoding batch, at most"})
+    precision: str = field(default="auto", metadata={"help": "encoding precision: auto (bf16 where the CPU or GPU "
+                                                             "runs it natively, else fp32) | fp32 | bf16 | fp16"})
     max_tokens: str = field(default="auto", metadata={"help": "padded tokens per encoding batch: auto (1,024 on "
                                                                   "a CPU), none (batch_size texts) or N"})
     chunk_docs: int = field(default=512, metadata={"help": "passages encoded and written per step (memory bound)"})
-    train_sample: int | None = field(default=None, metadata={"help": "passages to train IVF/PQ on"})
+    train_sample: int | None = field(default=None, metadata={"help": "passages to train IVF/PQ on, a count (default: "
+                                                                    "max(50 x nlist, 10,000), at most all)"})
     keep_vectors: str = field(default="none", metadata={"help": "none | float16 | float32: keep full vectors "
                                                                  "beside each shard for exact re-ranking"})
-    bm25: bool = field(default=False, metadata={"help": "also build a Lucene BM25 index of the passages"})
+    bm25: bool = field(default=False, metadata={"help": "also build a Lucene BM25 index of the passages "
+                                                     "(each cut at 1,000,000 characters: index/bm25.py)"})
     filter_keys: str = field(default="", metadata={"help": "metadata keys to filter on, with types: "
                                                            "year:int,score:float,source (str when untyped)"})
-    overwrite: bool = False
-    progress: bool = True
+    overwrite: bool = field(default=False, metadata={"help": "delete whatever is at --output first (without it, a "
+                                                             "build with the same settings resumes or is kept, "
+                                                             "another is refused)"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars (--progress false: none)"})
 
     def __post_init__(self):
         super().__post_init__()

@@ -25,44 +25,58 @@ def _looks_like_path(value: str) -> bool:
 
 @dataclass
 class TrainArgs:
-    method: str = field(default="", metadata={"help": "contriever | star | adore | tas-balanced"})
-    model: str = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "starting encoder"})
-    output_dir: str = field(default="", metadata={"help": "checkpoints/, final/, best/, log.jsonl"})
+    method: str = field(default="", metadata={"help": "contriever | star | adore | tas-balanced (required, here "
+                                                      "or in the recipe)"})
+    model: str = field(default="sentence-transformers/all-MiniLM-L6-v2",
+                       metadata={"help": "starting encoder: a saved dretriever/sentence-transformers folder or a hub "
+                                         "name"})
+    output_dir: str = field(default="", metadata={"help": "folder for checkpoints/, final/, best/, log.jsonl "
+                                                          "(required)"})
     data: str = field(default="", metadata={"help": "BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/)"})
     train_split: str = field(default="train", metadata={"help": "qrels split the labelled methods train on"})
     # optimisation
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    epochs: int = 1
-    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; > 0 overrides epochs"})
+    lr: float = field(default=2e-5, metadata={"help": "peak learning rate of AdamW, after warm-up"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay coefficient, unitless (biases "
+                                                                "and norms: none)"})
+    epochs: int = field(default=1, metadata={"help": "passes over the training queries (or the corpus), a count"})
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps in all; > 0 overrides epochs"})
     stop_after_steps: int = field(default=0, metadata={"help": "end (evaluate, checkpoint, save) after this many "
-                                                                "steps without changing the schedule (0: off)"})
+                                                                "optimizer steps without changing the schedule "
+                                                                "(0: off)"})
     batch_size: int = field(default=32, metadata={"help": "queries (or pairs) per process per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    warmup: float = field(default=0.1, metadata={"help": "warm-up: a fraction of all steps if < 1, else steps"})
+    warmup: float = field(default=0.1, metadata={"help": "warm-up: a fraction of all steps if < 1, else optimizer "
+                                                         "steps"})
     scheduler: str = field(default="linear", metadata={"help": "linear | constant | cosine (after warm-up)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping; 0 disables"})
-    precision: str = field(default="auto", metadata={"help": "auto | fp32 | bf16 | fp16 (autocast)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping, the largest L2 norm of all "
+                                                                "gradients; 0 disables"})
+    precision: str = field(default="auto", metadata={"help": "autocast: auto (bf16 where the CPU or GPU runs it "
+                                                             "natively, else fp32) | fp32 | bf16 | fp16"})
     grad_cache_chunk: int = field(default=0, metadata={"help": "gradient cache: encode in chunks of this many "
                                                                  "texts (0: off)"})
     untie: bool = field(default=False, metadata={"help": "separate query and document towers"})
-    dropout: float | None = field(default=None, metadata={"help": "dropout probability while training (None: the "
-                                                                   "model's; 0: none, ~2x faster on CPU bf16)"})
-    query_max_length: int | None = field(default=None, metadata={"help": "override the model's (saved with it)"})
-    doc_max_length: int | None = field(default=None, metadata={"help": "override the model's (saved with it)"})
-    train_query_max_length: int | None = field(default=None, metadata={"help": "truncation while training only; "
-                                                                              "dev evaluation and the saved model "
-                                                                              "keep the model's length"})
-    train_doc_max_length: int | None = field(default=None, metadata={"help": "likewise for documents"})
-    seed: int = 42
+    dropout: float | None = field(default=None, metadata={"help": "dropout probability while training (default: "
+                                                                   "the model's; 0: none, ~2x faster on CPU bf16)"})
+    query_max_length: int | None = field(default=None, metadata={"help": "query truncation, in tokens (default: the "
+                                                                         "model's; saved with it)"})
+    doc_max_length: int | None = field(default=None, metadata={"help": "document truncation, in tokens (default: "
+                                                                       "the model's; saved with it)"})
+    train_query_max_length: int | None = field(default=None, metadata={"help": "query truncation while training "
+                                                                              "only, in tokens; dev evaluation and "
+                                                                              "the saved model keep the model's "
+                                                                              "(default: the model's)"})
+    train_doc_max_length: int | None = field(default=None, metadata={"help": "likewise for documents, in tokens "
+                                                                            "(default: the model's)"})
+    seed: int = field(default=42, metadata={"help": "seed of every random choice (torch, numpy, samplers)"})
     # checkpoints, logging, evaluation
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N optimizer steps (0: each epoch end)"})
-    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (oldest removed)"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept, a count (oldest removed)"})
     resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in output_dir"})
-    log_steps: int = 1
-    log_file: str = field(default="", metadata={"help": "JSONL log (default output_dir/log.jsonl)"})
-    progress: bool = True
-    eval_steps: int = field(default=0, metadata={"help": "dev evaluation every N steps (0: each epoch end)"})
+    log_steps: int = field(default=1, metadata={"help": "write a log line every N optimizer steps"})
+    log_file: str = field(default="", metadata={"help": "JSONL log (default: output_dir/log.jsonl)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar (--progress false: none)"})
+    eval_steps: int = field(default=0, metadata={"help": "dev evaluation every N optimizer steps (0: each epoch "
+                                                         "end)"})
     eval_at_start: bool = field(default=True, metadata={"help": "evaluate the starting model on dev first"})
     dev_queries: int = field(default=0, metadata={"help": "train queries carved off as the dev split (0: none); "
                                                           "with dev_split: that many of its queries (0: all)"})
@@ -70,9 +84,10 @@ class TrainArgs:
                                                          "qrels/dev.tsv); '' carves dev_queries off train_split"})
     dev_corpus: int = field(default=2000, metadata={"help": "documents in the dev corpus (0: the whole corpus)"})
     dev_negatives: str = field(default="", metadata={"help": "mined negatives whose top dev_candidates per dev "
-                                                              "query join the dev corpus"})
-    dev_candidates: int = 10
-    eval_batch_size: int = 64
+                                                              "query join the dev corpus (default: none)"})
+    dev_candidates: int = field(default=10, metadata={"help": "mined negatives per dev query joining the dev corpus, "
+                                                              "in documents"})
+    eval_batch_size: int = field(default=64, metadata={"help": "texts per encoding batch in dev evaluation, at most"})
 
     def __post_init__(self):
         def bad(name, why):
@@ -158,12 +173,26 @@ def _to_argv(mapping: dict[str, Any]) -> list[str]:
     return argv
 
 
+USAGE = "%(prog)s [RECIPE.yaml] [--method METHOD] [--field value ...]"
+
+
+def methods_help() -> str:
+    """The methods, one line each, and where their own options are listed."""
+    from .registry import SUMMARIES
+
+    lines = [f"  {name:13s} {text}" for name, text in SUMMARIES.items()]
+    return ("A recipe (YAML) names the method and sets fields; --field value pairs after it override them.\n\n"
+            "methods:\n" + "\n".join(lines) + "\n\nThe options below are shared by every method; "
+            "`dretriever train --method NAME --help` adds that method's own.")
+
+
 def parse_recipe(argv: Sequence[str]):
     """``[recipe.yaml] [--field value ...]`` -> ``(TrainArgs, method_args, method_class)``."""
     import yaml
     from transformers import HfArgumentParser
 
-    from .registry import resolve
+    from ..cli import argument_parser
+    from .registry import SUMMARIES, resolve
 
     argv = list(argv)
     mapping: dict[str, Any] = {}
@@ -178,6 +207,9 @@ def parse_recipe(argv: Sequence[str]):
     if "--method" in argv:
         i = argv.index("--method")
         method = argv[i + 1] if i + 1 < len(argv) else None
+    if not method and ("-h" in argv or "--help" in argv):
+        argument_parser(TrainArgs, usage=USAGE, description=methods_help()).print_help()
+        raise SystemExit(0)
     if not method:
         raise DretrieverError("method: missing; choose from contriever, star, adore, tas-balanced")
     method_cls, args_cls = resolve(str(method))
@@ -186,7 +218,8 @@ def parse_recipe(argv: Sequence[str]):
         def error(self, message):  # argparse would exit; name the field in an exception instead
             raise DretrieverError(message.replace("argument --", "field "))
 
-    parser = Parser([TrainArgs, args_cls])
+    parser = argument_parser([TrainArgs, args_cls], parser_class=Parser, usage=USAGE,
+                             description=f"method {method}: {SUMMARIES[str(method)]}")
     known = {f.name for f in fields(TrainArgs)} | {f.name for f in fields(args_cls)}
     unknown = [k for k in mapping if k not in known]
     if unknown:

@@ -18,6 +18,15 @@ METHODS = {
 }
 
 
+# one line each, for ``dretriever train --help``
+SUMMARIES = {
+    "contriever": "unsupervised: two random crops of one text are a positive pair (in-batch or MoCo negatives)",
+    "star": "static hard negatives (dretriever mine) plus the other queries' positives as random negatives",
+    "adore": "the query tower only, against a fixed document index, with dynamic hard negatives",
+    "tas-balanced": "topic-aware, margin-balanced batches distilled from teacher scores (dretriever teacher)",
+}
+
+
 def resolve(name: str):
     """``name`` -> ``(method class, its ARGS dataclass)``."""
     if name not in METHODS:
