@@ -26,6 +26,7 @@ COMMANDS = {
     "index verify": ("dretriever.commands.index_verify", "check every shard file against its sha256"),
     "eval beir": ("dretriever.commands.eval_beir", "evaluate BM25, dense and hybrid on BEIR through Pyserini"),
     "regress": ("dretriever.commands.regress", "rerun eval/regressions.yaml entries and fail on a miss"),
+    "compare": ("dretriever.commands.compare", "paired tests of runs or per-query scores against a baseline"),
     "train": ("dretriever.commands.train", "train a retriever from a recipe (contriever, star, adore, tas-balanced)"),
     "mine": ("dretriever.commands.mine", "mine static hard negatives from an index"),
     "adore index": ("dretriever.commands.adore_index", "index an ADORE model by reusing its starting index"),

@@ -82,8 +82,12 @@ def build_lucene_index(input_dir: str, index_dir: str, threads: int = 2) -> None
         raise RuntimeError(f"Lucene indexing of {input_dir} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
 
-def trec_eval(qrels_path: str, run_path: str, metrics: list[str]) -> dict[str, float]:
-    """Score a TREC run with Pyserini's trec_eval (``-c``); returns ``{trec_eval name: value}``."""
+def trec_eval(qrels_path: str, run_path: str, metrics: list[str], per_query: bool = False) -> dict:
+    """Score a TREC run with Pyserini's trec_eval (``-c``); returns ``{trec_eval name: value}``.
+
+    ``per_query``: run with ``-q`` as well and return ``{trec_eval name: {qid: value}}``, the mean under the
+    query id ``"all"`` (trec_eval prints no line for a judged query absent from the run; ``-c`` counts it as 0).
+    """
     import contextlib
     import io
 
@@ -95,17 +99,20 @@ def trec_eval(qrels_path: str, run_path: str, metrics: list[str]) -> dict[str, f
         grouped.setdefault(base, [])
         if cut:
             grouped[base].append(cut)
-    args = ["trec_eval", "-c"]
+    args = ["trec_eval", "-c"] + (["-q"] if per_query else [])
     for base, cuts in grouped.items():
         args += ["-m", f"{base}.{','.join(cuts)}" if cuts else base]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         module.trec_eval(args + [str(qrels_path), str(run_path)])
-    scores = {}
+    scores: dict = {}
     for line in printed.getvalue().splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[1] == "all":
-            scores[parts[0]] = float(parts[2])
+        if len(parts) == 3 and (per_query or parts[1] == "all"):
+            if per_query:
+                scores.setdefault(parts[0], {})[parts[1]] = float(parts[2])
+            else:
+                scores[parts[0]] = float(parts[2])
     if not scores:
         raise RuntimeError(f"trec_eval printed no scores for {run_path}:\n{printed.getvalue()}")
     return scores

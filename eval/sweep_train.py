@@ -7,6 +7,11 @@ in-process exact scorer (whole corpus, trec_eval's nDCG@10 formula). The table i
 selection criterion; the held-out column is reported, never used to choose. Report a chosen configuration
 through ``dretriever eval beir`` (Pyserini's trec_eval), not through this column.
 
+The starting model (the recipe's ``model``) is scored the same way, and each setting's held-out nDCG@10 is
+compared with it query by query (evaluation/significance.py: the mean paired difference, its 95 % bootstrap
+interval, the randomization test's p and that p after Holm's correction over the settings), so that a setting
+whose gain lies inside the noise is shown as such.
+
     python eval/sweep_train.py recipes/star.yaml --grid lr=5e-5,1e-4,2e-4 epochs=3,6 \\
         --set precision=fp32 --output_root outputs/sweep/star --parallel 2 --output eval/reports/star/sweep.json
 """
@@ -25,6 +30,7 @@ from pathlib import Path
 
 from dretriever.cli import run_script
 from dretriever.errors import DretrieverError
+from dretriever.evaluation.significance import ALPHA, RESAMPLES, SEED, compare, holm
 
 
 def parse_pairs(items: list[str], multi: bool) -> dict[str, list[str]]:
@@ -66,7 +72,8 @@ def train_one(recipe: str, out: Path, overrides: dict[str, str]) -> dict:
 
 
 def held_out_scorer(data: str, split: str):
-    """``score(model_path) -> {split_ndcg@10, ...}``: the exact in-process scorer over the whole corpus."""
+    """``score(model_path) -> {split_ndcg@10, ..., per_query_ndcg@10: {qid: score}}``: the exact in-process
+    scorer over the whole corpus (the per-query scores are those its mean averages)."""
     import torch
 
     from dretriever.encoder import BiEncoder
@@ -78,7 +85,8 @@ def held_out_scorer(data: str, split: str):
 
     def score(model: str) -> dict:
         metrics = evaluator(BiEncoder.from_pretrained(model).to(device))
-        return {k.replace("dev_", f"{split}_"): v for k, v in metrics.items()}
+        return {**{k.replace("dev_", f"{split}_"): v for k, v in metrics.items()},
+                "per_query_ndcg@10": {q: round(v, 6) for q, v in evaluator.per_query_ndcg.items()}}
 
     return score
 
@@ -91,7 +99,11 @@ def main(argv=None) -> int:
     p.add_argument("--output_root", required=True)
     p.add_argument("--parallel", type=int, default=1, help="runs trained at once")
     p.add_argument("--score_split", default="test", help="held-out qrels split scored for each selected model")
-    p.add_argument("--output", default="", help="write the table as JSON here")
+    p.add_argument("--output", default="", help="write the table as JSON here (default: none)")
+    p.add_argument("--resamples", type=int, default=RESAMPLES,
+                   help="resamples of the bootstrap interval and randomization test against the starting model "
+                        "(default: 10000)")
+    p.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap and randomization test (default: 0)")
     a = p.parse_args(argv)
     import yaml
 
@@ -117,17 +129,42 @@ def main(argv=None) -> int:
                      "dev_curve": result["dev_curve"], "model": model, **score(model)})
     rows.sort(key=lambda r: -(r["best_dev_ndcg@10"] or 0))
     key = f"{a.score_split}_ndcg@10"
+    start_model = fixed.get("model", recipe.get("model"))
+    if not start_model:
+        raise DretrieverError(f"recipe: {a.recipe} names no model to start from (and compare with)")
+    start = {"model": start_model, **score(start_model)}
+    against_start(rows, start, a.resamples, a.seed)
     print(f"\n| run | dev nDCG@10 (selection) | at step / of | {a.score_split} nDCG@10 (in-process) | "
-          f"{a.score_split} R@100 |\n|---|---:|---:|---:|---:|")
+          f"{a.score_split} R@100 | Δ vs start [95% CI] | p | p (Holm) |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| start: {start['model']} | | | {start[key]:.4f} | {start[f'{a.score_split}_recall@100']:.4f} | | | |")
     for r in rows:
         dev = "" if r["best_dev_ndcg@10"] is None else f"{r['best_dev_ndcg@10']:.4f}"
+        v = r["vs_start"]
         print(f"| {r['run']} | {dev} | {r['best_step']} / {r['steps']} | {r[key]:.4f} | "
-              f"{r[f'{a.score_split}_recall@100']:.4f} |")
+              f"{r[f'{a.score_split}_recall@100']:.4f} | {v['difference']:+.4f} [{v['interval'][0]:+.4f}, "
+              f"{v['interval'][1]:+.4f}] | {v['p_value']:.4f} | {v['p_holm']:.4f} |")
+    best = rows[0]["vs_start"]
+    verdict = "beats it" if best["difference"] > 0 and best["p_holm"] < ALPHA else "is not shown to differ from it"
+    print(f"\nThe setting chosen on dev ({rows[0]['run']}) {verdict} on {a.score_split} at p (Holm) < {ALPHA}: "
+          f"Δ {best['difference']:+.4f}, p (Holm) {best['p_holm']:.4f}. Paired randomization test and percentile "
+          f"bootstrap over the {a.score_split} queries ({a.resamples} resamples, seed {a.seed}); Holm over the "
+          f"{len(rows)} settings.")
     if a.output:
         Path(a.output).parent.mkdir(parents=True, exist_ok=True)
         Path(a.output).write_text(json.dumps({"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
-                                              "device": device_name(), "rows": rows}, indent=2) + "\n")
+                                              "device": device_name(), "start": start, "rows": rows},
+                                             indent=2) + "\n")
     return 0
+
+
+def against_start(rows: list[dict], start: dict, resamples: int, seed: int) -> None:
+    """Add ``vs_start`` to each row: its per-query held-out nDCG@10 against the starting model's (difference,
+    95 % interval, p, p after Holm over the rows)."""
+    found = [compare(start["per_query_ndcg@10"], r["per_query_ndcg@10"], "ndcg@10", "start", r["run"], resamples,
+                     seed) for r in rows]
+    for r, c, adjusted in zip(rows, found, holm([c.p_value for c in found])):
+        r["vs_start"] = {"difference": c.difference, "interval": list(c.interval), "p_value": c.p_value,
+                         "p_holm": adjusted, "wins": c.wins, "ties": c.ties, "losses": c.losses}
 
 
 def device_name() -> str:

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 from tests.train_helpers import make_toy_beir, write_random_negatives, write_recipe
 
@@ -39,6 +41,21 @@ def test_sweep_trains_each_combination_and_ranks_by_dev(tmp_path, tiny_model):
         assert targs["train"]["lr"] == float(r["lr"]) and targs["method"]["temperature"] == 0.1
         assert targs["method"]["hard_negatives"] == int(r["hard_negatives"])
     assert first.stdout.count("trained ") == 4
+    # each setting against the starting model, query by query, Holm over the four settings
+    from dretriever.evaluation.significance import compare, holm
+
+    saved = json.loads(out.read_text())
+    start = saved["start"]
+    assert start["model"] == str(tiny_model)
+    for r in [start, *rows]:  # the per-query scores are those the column averages
+        per_query = r["per_query_ndcg@10"]
+        assert sum(per_query.values()) / len(per_query) == pytest.approx(r["train_ndcg@10"], abs=1e-6)
+    for r in rows:
+        c = compare(start["per_query_ndcg@10"], r["per_query_ndcg@10"])
+        assert r["vs_start"]["p_value"] == c.p_value and r["vs_start"]["interval"] == list(c.interval)
+        assert r["vs_start"]["difference"] == pytest.approx(r["train_ndcg@10"] - start["train_ndcg@10"], abs=1e-6)
+    assert [r["vs_start"]["p_holm"] for r in rows] == holm([r["vs_start"]["p_value"] for r in rows])
+    assert f"| start: {tiny_model} |" in first.stdout and "The setting chosen on dev (" in first.stdout
 
     second = _sweep(*args, cwd=tmp_path)                           # finished runs are not trained again
     assert second.returncode == 0, second.stderr[-2000:]

@@ -1,4 +1,5 @@
-"""Rerun the entries of eval/regressions.yaml and fail when a score leaves its tolerance."""
+"""Rerun the entries of eval/regressions.yaml; fail when a score leaves its tolerance or a claimed direction
+against a baseline entry (better / not-worse, p < 0.05) no longer holds."""
 
 from __future__ import annotations
 

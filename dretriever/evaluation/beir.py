@@ -2,7 +2,10 @@
 
 For each dataset: build or reuse the indexes, retrieve the top-k for every judged query of the split,
 write TREC runs, drop hits whose id equals the query id (Pyserini's ``--remove-query``), and score with
-Pyserini's trec_eval. Several datasets give one table with an average row.
+Pyserini's trec_eval (``-c -q``: means and per-query scores from one call; the per-query scores are kept
+under ``<output_dir>/perquery/``). Several datasets give one table with an average row. Every system is
+compared with a baseline (``--baseline``, default the report's first system) by paired tests over the queries
+(evaluation/significance.py), with a per-query analysis (evaluation/perquery.py).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from ..runtime import check_backend
 from ..search.dense import DenseSearcher, check_encoder
 from ..search.fusion import fuse
 from ..search.types import Run, remove_query_ids, write_trec_run
-from .metrics import METRICS, score_run, write_trec_qrels
-from .report import print_table, write_report
+from .metrics import METRICS, score_run_per_query, write_trec_qrels
+from .perquery import analysis, read_per_query, write_per_query
+from .report import print_table, significance_markdown, write_report
+from .significance import RESAMPLES, SEED, compare_all, describe
 
 log = logging.getLogger(__name__)
 SYSTEMS = ("bm25", "dense", "hybrid")
@@ -54,6 +59,12 @@ class EvalArgs:
     backend: str = field(default="torch", metadata={"help": "dense inference backend: torch | onnx | onnx-int8 "
                                                              "(static int8 calibrated on the corpus)"})
     calibration: int = field(default=DEFAULT_PASSAGES, metadata={"help": "onnx-int8: corpus passages to calibrate on"})
+    baseline: str | None = field(default=None, metadata={
+        "help": "system every other one is tested against: its report name or bm25 | dense | hybrid "
+                "(default: the report's first system)"})
+    resamples: int = field(default=RESAMPLES, metadata={"help": "resamples of the bootstrap interval and of the "
+                                                                "randomization test (default: 10000)"})
+    seed: int = field(default=SEED, metadata={"help": "seed of the bootstrap and randomization test (default: 0)"})
 
     def __post_init__(self):
         unknown = [s for s in self.systems if s not in SYSTEMS]
@@ -62,6 +73,8 @@ class EvalArgs:
         if self.k <= 0:
             raise DretrieverError(f"k: must be positive, got {self.k}")
         check_backend(self.backend)
+        if self.resamples < 1:
+            raise DretrieverError(f"resamples: must be positive, got {self.resamples}")
         if self.fusion not in ("rrf", "interpolation"):
             raise DretrieverError(f"fusion: expected rrf or interpolation, got {self.fusion!r}")
 
@@ -105,11 +118,38 @@ def bm25_run(args: EvalArgs, ds: BeirDataset) -> Run:
     return BM25Searcher(root).search(ds.queries, k=args.k)
 
 
+def dense_label(args: EvalArgs) -> str:
+    return args.label or slug(args.model) + ("" if args.backend == "torch" else f"+{args.backend}")
+
+
+def system_names(args: EvalArgs) -> dict[str, str]:
+    """``{bm25 | dense | hybrid: the name its rows carry}`` for the systems asked for, in report order."""
+    label = dense_label(args)
+    names = {"bm25": "bm25", "dense": label, "hybrid": f"hybrid({label}+bm25,{args.fusion})"}
+    return {kind: names[kind] for kind in SYSTEMS if kind in args.systems}
+
+
+def baseline_name(args: EvalArgs) -> str:
+    names = system_names(args)
+    if args.baseline is None:
+        return next(iter(names.values()))
+    if args.baseline in names.values():
+        return args.baseline
+    if args.baseline in names:
+        return names[args.baseline]
+    raise DretrieverError(f"baseline: {args.baseline!r} is none of the systems evaluated {list(names.values())} "
+                          f"(or {list(names)})")
+
+
 def evaluate(args: EvalArgs, command: str) -> list[dict]:
+    """Retrieve, score and compare every system on every dataset; write the report; return the rows."""
     out = Path(args.output_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    label = args.label or slug(args.model) + ("" if args.backend == "torch" else f"+{args.backend}")
+    label = dense_label(args)
+    baseline = baseline_name(args)
     rows: list[dict] = []
+    sections: list[str] = []
+    comparisons: list[dict] = []
     for data in args.data:
         ds = load_beir(ensure_dataset(Path(data).parent, Path(data).name), split=args.split)
         log.info("%s: %d documents, %d %s queries", ds.name, len(ds.corpus), len(ds.queries), args.split)
@@ -123,27 +163,58 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
         if "hybrid" in args.systems:
             runs[f"hybrid({label}+bm25,{args.fusion})"] = fuse(runs[label], runs["bm25"], args.fusion, args.alpha, args.k)
         wanted = {"bm25": "bm25" in args.systems, label: "dense" in args.systems}
+        scored: dict[str, Run] = {}
         for system, run in runs.items():
             if not wanted.get(system, True):
                 continue
             if args.remove_query:
                 run = remove_query_ids(run)
-            rows.append(score_and_record(ds.name, system, run, qrels_path, out / "runs", command))
+            scored[system] = run
+            rows.append(score_and_record(ds.name, system, run, qrels_path, out / "runs", command, out / "perquery"))
+        if len(scored) > 1:
+            found = significance(ds, [r for r in rows if r["dataset"] == ds.name], baseline, scored, args, out)
+            comparisons += found["comparisons"]
+            sections += found["md"]
     metrics = list(METRICS.values())
     notes = [f"Split `{args.split}`, top-{args.k}, scored by Pyserini's trec_eval -c. Dense model `{args.model}` "
              f"({args.factory}, {args.shards} shards); fusion `{args.fusion}`."]
-    paths = write_report(rows, out, "BEIR evaluation", metrics, notes)
+    extra = {"baseline": baseline, "significance": {"test": describe(args.resamples, args.seed),
+                                                    "resamples": args.resamples, "seed": args.seed,
+                                                    "comparisons": comparisons}} if comparisons else {}
+    paths = write_report(rows, out, "BEIR evaluation", metrics, notes, sections, extra)
     print(print_table(rows, metrics))
+    if comparisons:
+        print("\n".join(significance_markdown(comparisons)))
     print(f"report: {paths['md']}  {paths['json']}  {paths['png']}")
     return rows
 
 
-def score_and_record(dataset: str, system: str, run: Run, qrels_path: Path, runs_dir: Path, command: str) -> dict:
-    """Write the TREC run, score it with Pyserini's trec_eval, and record the row for `dretriever regress`."""
+def significance(ds: BeirDataset, rows: list[dict], baseline: str, runs: dict[str, Run], args: EvalArgs,
+                 out: Path) -> dict:
+    """One dataset's paired comparisons against ``baseline`` (every metric) and the report section showing them
+    with the per-query analysis of the first metric (``perquery-<dataset>.png``)."""
+    metrics = list(METRICS.values())
+    scores = {r["system"]: read_per_query(r["perquery"]) for r in rows}
+    found = compare_all(scores, baseline, metrics, args.resamples, args.seed)
+    table = [{"dataset": ds.name, **c.to_dict()} for c in found]
+    md = ["", f"## {ds.name}: each system against {baseline}", "", describe(args.resamples, args.seed), "",
+          *significance_markdown(table)]
+    md += analysis(scores, baseline, metrics[0], out / f"perquery-{ds.name}.png", found, ds.queries, ds.qrels, runs)
+    return {"comparisons": table, "md": md}
+
+
+def score_and_record(dataset: str, system: str, run: Run, qrels_path: Path, runs_dir: Path, command: str,
+                     perquery_dir: Path | None = None) -> dict:
+    """Write the TREC run, score it with Pyserini's trec_eval, write its per-query scores
+    (``<perquery_dir, default runs_dir>/<dataset>.<system>.perquery.tsv``) and record the row, with the path of
+    that file under ``perquery``, for `dretriever regress`."""
     run_path = runs_dir / f"{dataset}.{slug(system)}.trec"
     write_trec_run(run, run_path, tag=slug(system))
-    row = {"dataset": dataset, "system": system, **score_run(qrels_path, run_path), "command": command,
-           "run": str(run_path)}
+    means, per_query = score_run_per_query(qrels_path, run_path)
+    perquery_path = Path(perquery_dir or runs_dir) / f"{dataset}.{slug(system)}.perquery.tsv"
+    write_per_query(per_query, means, perquery_path)
+    row = {"dataset": dataset, "system": system, **means, "command": command, "run": str(run_path),
+           "perquery": str(perquery_path)}
     record(row)
     return row
 

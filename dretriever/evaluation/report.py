@@ -1,4 +1,5 @@
-"""Reports people read: a Markdown table, JSON, and a PNG bar chart, each row with its command."""
+"""Reports people read: a Markdown table, JSON, and a PNG bar chart, each row with its command; and the table of
+paired comparisons against a baseline (evaluation/significance.py)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,22 @@ def markdown(rows: list[dict], metrics: list[str], title: str, notes: list[str] 
     return "\n".join(lines) + "\n"
 
 
+def significance_markdown(comparisons: list[dict], confidence: float = 0.95) -> list[str]:
+    """Markdown table of :meth:`Comparison.to_dict` rows (with a ``dataset`` column when they carry one)."""
+    by_dataset = any("dataset" in c for c in comparisons)
+    head = "| dataset " if by_dataset else ""
+    lines = [f"{head}| metric | system | baseline | system mean | baseline mean | Δ | {confidence:.0%} CI | p | "
+             "p (Holm) | W/T/L |", "|---" * (by_dataset + 3) + "|" + "---:|" * 7]
+    for c in comparisons:
+        holm = "" if c.get("p_holm") is None else f"{c['p_holm']:.4f}"
+        lines.append((f"| {c['dataset']} " if by_dataset else "") +
+                     f"| {LABELS.get(c['metric'], c['metric'])} | {c['system']} | {c['baseline']} | "
+                     f"{c['system_mean']:.4f} | {c['baseline_mean']:.4f} | {c['difference']:+.4f} | "
+                     f"[{c['interval'][0]:+.4f}, {c['interval'][1]:+.4f}] | {c['p_value']:.4f} | {holm} | "
+                     f"{c['wins']}/{c['ties']}/{c['losses']} |")
+    return lines
+
+
 def bar_chart(rows: list[dict], metric: str, path: Path, title: str) -> None:
     import matplotlib
 
@@ -62,14 +79,17 @@ def bar_chart(rows: list[dict], metric: str, path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-def write_report(rows: list[dict], out_dir: str | Path, title: str, metrics: list[str], notes: list[str] = ()) -> dict:
-    """Write ``report.md``, ``report.json`` and ``report.png`` under ``out_dir``; returns their paths."""
+def write_report(rows: list[dict], out_dir: str | Path, title: str, metrics: list[str], notes: list[str] = (),
+                 sections: list[str] = (), extra: dict | None = None) -> dict:
+    """Write ``report.md``, ``report.json`` and ``report.png`` under ``out_dir``; returns their paths.
+    ``sections``: Markdown lines appended to report.md; ``extra``: keys added to report.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = with_average(rows, metrics)
     paths = {"md": out_dir / "report.md", "json": out_dir / "report.json", "png": out_dir / "report.png"}
-    write_text_atomic(paths["md"], markdown(rows, metrics, title, notes))
-    write_json_atomic(paths["json"], {"title": title, "notes": list(notes), "rows": rows})
+    text = markdown(rows, metrics, title, notes)
+    write_text_atomic(paths["md"], text + ("\n".join(sections) + "\n" if sections else ""))
+    write_json_atomic(paths["json"], {"title": title, "notes": list(notes), "rows": rows, **(extra or {})})
     bar_chart(rows, metrics[0], paths["png"], title)
     return paths
 

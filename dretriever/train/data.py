@@ -179,6 +179,7 @@ class DevEvaluator:
             ndcg.append(ndcg_at_k(ranked, rels, 10))
             recall.append(recall_at_k(ranked, rels, 100))
             mrr.append(next((1 / (r + 1) for r, x in enumerate(ranked[:10]) if rels.get(x, 0) > 0), 0.0))
+        self.per_query_ndcg = dict(zip(qids, map(float, ndcg)))  # the last evaluation's, for paired tests
         return {"dev_ndcg@10": float(np.mean(ndcg)), "dev_recall@100": float(np.mean(recall)),
                 "dev_mrr@10": float(np.mean(mrr)), "dev_docs": len(self.doc_ids), "dev_docs_encoded": encoded,
                 "eval_queries_s": round(t1 - t0, 3), "eval_docs_s": round(t2 - t1, 3)}
