@@ -44,17 +44,19 @@ class EvalArgs:
     data: list[str] = field(metadata={"help": "BEIR dataset folders (corpus.jsonl, queries.jsonl, qrels/)"})
     model: str = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "dense model"})
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS), metadata={"help": "bm25 dense hybrid"})
-    split: str = "test"
-    shards: int = 4
+    split: str = field(default="test", metadata={"help": "qrels split to evaluate: qrels/<split>.tsv"})
+    shards: int = field(default=4, metadata={"help": "FAISS shards of a dense index that is built here, a count"})
     factory: str = field(default="Flat", metadata={"help": "faiss index_factory string (Flat, HNSW32, IVF1024,PQ64)"})
     index_root: str = field(default="indexes", metadata={"help": "where indexes are built and reused"})
     output_dir: str = field(default="eval/reports/latest", metadata={"help": "report.md/json/png and runs/"})
-    k: int = 1000
-    batch_size: int = 64
-    precision: str = "auto"
+    k: int = field(default=1000, metadata={"help": "hits retrieved per query, a count"})
+    batch_size: int = field(default=64, metadata={"help": "texts per encoding batch, at most"})
+    precision: str = field(default="auto", metadata={"help": "encoding precision: auto (bf16 where the CPU or GPU "
+                                                             "runs it natively, else fp32) | fp32 | bf16 | fp16"})
     fusion: str = field(default="interpolation", metadata={"help": "interpolation (min-max, alpha) | rrf"})
     alpha: float = field(default=0.5, metadata={"help": "weight of the dense run for interpolation"})
-    remove_query: bool = True
+    remove_query: bool = field(default=True, metadata={"help": "drop hits whose id is the query's own id (BEIR's "
+                                                                "convention)"})
     label: str | None = field(default=None, metadata={"help": "name of the dense system in the report"})
     backend: str = field(default="torch", metadata={"help": "dense inference backend: torch | onnx | onnx-int8 "
                                                              "(static int8 calibrated on the corpus)"})
