@@ -52,7 +52,7 @@ class MethodBase:
 
     def samples(self, batch: Any) -> int | None:
         """Training examples in this process's ``batch`` (what ``samples_per_s`` counts); ``None``: the nominal
-        ``batch_size``. Methods whose batches vary in size (TAS-Balanced's one-cluster batches) say so."""
+        ``batch_size``. Methods whose batches may vary in size say so (TAS-Balanced counts its queries)."""
         return None
 
     def after_step(self, encoder: BiEncoder) -> None:
