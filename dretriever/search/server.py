@@ -1,4 +1,5 @@
-"""HTTP API over one index: ``/search``, ``/batch_search``, ``/health`` (+ ``/openapi.json``, ``/docs``).
+"""HTTP API over one index: ``/search``, ``/batch_search``, ``/health`` (+ ``/openapi.json``, ``/docs``, and the
+search page at ``/``, ``search/page.py``).
 
 Defined once for both engines: ``create_app`` takes a backend (``search/backend.py``): a :class:`Retriever` in
 this process (``LocalBackend``), or the Ray Serve deployments (``ray/serve.py``), so both serve the same OpenAPI
@@ -8,7 +9,7 @@ The index and model are loaded once, before the app is built; requests can only 
 and the mode (there is no field naming a path or another index; unknown fields are refused). Bad
 requests get a 4xx whose message names the field: 422 for wrong types or values, 413 for a body over
 ``max_body_bytes``, and 401 for any request without the API key when one is configured
-(``Authorization: Bearer KEY`` or ``X-API-Key: KEY``).
+(``Authorization: Bearer KEY`` or ``X-API-Key: KEY``), except fetching the search page's own files.
 
 Living datastores: ``filter`` (dense mode) restricts hits by metadata (``index/filters.py``; an unknown key or a
 wrong value type is a 422 naming ``filter.KEY``). ``POST /admin/reload`` (only when an API key is configured)
@@ -36,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import DretrieverError, Unavailable
 from .backend import LocalBackend
 from .batcher import DEFAULT_MAX_WAIT_MS
+from .page import add_search_page, is_public
 from .retriever import Retriever
 
 API_KEY_ENV = "DRETRIEVER_API_KEY"
@@ -77,6 +79,8 @@ class Health(BaseModel):
     max_k: int
     max_batch: int
     generation: int
+    filter_keys: dict[str, str] = Field(default_factory=dict, description="metadata keys a `filter` may name, with "
+                                        "their types (int | float | str); `doc_id` is always available")
     details: list[dict] | None = Field(default=None, description="per process holding shards (one; with the Ray "
                                        "engine one per shard group): group, shards, passages, generation, pid, "
                                        "rss_bytes")
@@ -177,7 +181,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_key is not None:
+        if self.api_key is not None and not is_public(scope["method"], scope["path"]):  # the page holds no data
             auth = headers.get("authorization", "")
             given = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key", "")
             if not hmac.compare_digest(given.encode(), self.api_key.encode()):
@@ -260,7 +264,7 @@ def create_app(backend, name: str = "index", api_key: str | None = None, max_k: 
     async def health(response: Response) -> Health:
         h = await backend.health()
         response.headers[GENERATION_HEADER] = str(h["generation"])
-        return Health(status="ok", max_k=max_k, max_batch=max_batch, **h)
+        return Health(status="ok", max_k=max_k, max_batch=max_batch, filter_keys=backend.filter_keys, **h)
 
     @app.post("/search", response_model=SearchOut, responses=ERRORS)
     async def search(body: SearchIn, response: Response) -> SearchOut:
@@ -286,4 +290,5 @@ def create_app(backend, name: str = "index", api_key: str | None = None, max_k: 
         response.headers[GENERATION_HEADER] = str(generation)
         return ReloadOut(generation=generation, previous=previous, passages=passages)
 
+    add_search_page(app)  # GET /: the search page (search/page.py), outside the OpenAPI document
     return app
