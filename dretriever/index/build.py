@@ -494,6 +494,7 @@ def finish_shard(out: Path, i: int, dim: int, settings: BuildSettings) -> None:
         os.replace(out / name, part)
     for stale in part.glob(".*.tmp-*"):  # a killed attempt's half-written file
         stale.unlink()
+    (part / vf.WORK).touch()  # a shard that got no passages (few documents, many shards) has none encoded
     vectors = vf.open_vectors(part / vf.WORK, dim)
     if len(vectors) != entry["num_docs"]:
         raise DretrieverError(f"{part}: {len(vectors)} vectors for {entry['num_docs']} staged rows")
