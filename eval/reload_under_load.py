@@ -37,7 +37,7 @@ from dretriever.index.changes import read_ids
 from dretriever.search.server import API_KEY_ENV, GENERATION_HEADER
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from eval.load_test import LoadArgs, free_port, start_server  # noqa: E402
+from eval.server_process import free_port, start_server  # noqa: E402
 
 
 @dataclass
@@ -70,7 +70,7 @@ def main(argv) -> int:
     deleted = set(read_ids(args.ids))
     key, port = secrets.token_hex(16), free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(LoadArgs(index=args.index, clients=args.clients, duration=args.duration), port, key)
+    proc = start_server(args.index, port, key, ["--log_level", "warning"])
     records: list[tuple] = []  # (start, seconds, status, generation, problem)
     events: dict[str, float] = {}
     lock = threading.Lock()

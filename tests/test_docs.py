@@ -53,11 +53,9 @@ SHELL_TOOLS = {"mkdir", "echo", "export", "cp", "mv", "rm", "cat", "ls", "cd", "
 REPO_FILE = re.compile(r"^(recipes|scripts|eval|docs|tests|dretriever)/[^<>*]*\.(yaml|yml|sh|py|md)$")
 BEIR_PATH = re.compile(r"\$\{?BEIR_DATA\}?/([^/\s'\"]+)")
 API_KEY = "doc-test-key"
-# Scripts the docs name that are broken now: their check is an expected failure until fixed (then it fails, so
-# that the entry is removed). Found by this test; reported, not fixed here (eval/ belongs to other work).
-KNOWN_BROKEN = {"eval/reload_under_load.py": "imports free_port and start_server from eval.load_test; they moved to "
-                                             "eval/server_process.py (3a47c21), where start_server takes "
-                                             "(index, port, key, options)"}
+# Scripts the docs name that are known to be broken: their check is an expected failure until fixed (then it
+# fails, so that the entry is removed). None at present.
+KNOWN_BROKEN: dict[str, str] = {}
 BIN = Path(sys.executable).parent
 
 
