@@ -53,7 +53,9 @@ def load(module: str):
 
 
 def lucene_searcher(index_dir: str):
-    return load("pyserini.search.lucene").LuceneSearcher(str(index_dir))
+    # Absolute: the JVM resolves a relative path against the directory the process had when the JVM started,
+    # not against the current one (a Retriever loaded after os.chdir found no index).
+    return load("pyserini.search.lucene").LuceneSearcher(os.path.abspath(index_dir))
 
 
 def faiss_searcher(index_dir: str, query_encoder):
@@ -104,7 +106,7 @@ def trec_eval(qrels_path: str, run_path: str, metrics: list[str], per_query: boo
         args += ["-m", f"{base}.{','.join(cuts)}" if cuts else base]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        module.trec_eval(args + [str(qrels_path), str(run_path)])
+        module.trec_eval(args + [os.path.abspath(qrels_path), os.path.abspath(run_path)])  # see lucene_searcher
     scores: dict = {}
     for line in printed.getvalue().splitlines():
         parts = line.split()
