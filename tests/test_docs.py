@@ -32,11 +32,8 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +41,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, SCIFACT
+from tests.uvicorn_thread import serving as uvicorn_serving
 
 PAGES = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 QUICKSTART = "docs/quickstart.md"
@@ -375,25 +373,9 @@ def helps(tmp_path_factory) -> dict[HelpOf, tuple[int, str]]:
 
 @contextlib.contextmanager
 def serving(app):
-    """uvicorn serving ``app`` in a thread on a free port of 127.0.0.1; yields the port."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
+    """The app served on 127.0.0.1 (tests/uvicorn_thread.py); yields its port."""
+    with uvicorn_serving(app) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 @pytest.fixture(scope="session")
 def servers(scratch):

@@ -280,28 +280,17 @@ def test_filters_with_tombstones_and_bad_filters(filtered, tiny_model, tmp_path)
 # ---------------------------------------------------------------- hot reload
 def test_server_filters_and_hot_reloads_a_new_generation(filtered, tiny_model, tmp_path):
     import shutil
-    import socket
-    import threading
-    import time
 
     import httpx
-    import uvicorn
 
     from dretriever.search.server import create_app
+    from tests.uvicorn_thread import serving
 
     _, roots = filtered
     root = tmp_path / "ds"
     shutil.copytree(roots["Flat"], root)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     app = create_app(Retriever.load(root, precision="fp32"), api_key="k")
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
+    with serving(app) as url:
         with httpx.Client(base_url=url, headers={"X-API-Key": "k"}, timeout=60) as http:
             r = http.post("/search", json={"query": "w5 w6", "k": 5, "filter": {"year": {"gte": 2018}}})
             assert r.status_code == 200 and r.headers["X-Dretriever-Generation"] == "0"
@@ -323,10 +312,6 @@ def test_server_filters_and_hot_reloads_a_new_generation(filtered, tiny_model, t
             assert done.status_code == 200 and done.json() == {"generation": 1, "previous": 0, "passages": 801}
             r = http.post("/search", json={"query": "w5", "filter": {"year": 2030}})
             assert r.headers["X-Dretriever-Generation"] == "1" and [h["doc_id"] for h in r.json()["hits"]] == ["zz-new"]
-    finally:
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 # ---------------------------------------------------------------- kill -9

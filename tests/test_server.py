@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -14,9 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.conftest import assert_same_ranking, query_texts, small_datastore
+from tests.uvicorn_thread import serving as uvicorn_serving
 
 from dretriever.search.retriever import Retriever
 from dretriever.search.server import API_KEY_ENV, create_app
@@ -57,23 +56,9 @@ def same_answers(got: list[dict], expected: list[dict]) -> None:
 
 @contextmanager
 def serving(app):
-    """uvicorn serving ``app`` in a thread, on a free port of 127.0.0.1; yields a client with the API key."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-    with httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
+    """The app served on 127.0.0.1 (tests/uvicorn_thread.py); yields a client with the API key."""
+    with uvicorn_serving(app) as url, httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
         yield client
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
-
 
 @pytest.fixture(scope="module")
 def server(retriever):

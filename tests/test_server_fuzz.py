@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +17,6 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import given
-import uvicorn
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.generation import GenerationMode
@@ -29,6 +26,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
 from dretriever.search.server import create_app
 
 from .test_server import datastore, retriever  # noqa: F401 (module fixtures: a 60-document datastore)
+from tests.uvicorn_thread import start
 
 KEY = "fuzz-key-456"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -39,23 +37,7 @@ STATUSES: Counter = Counter()  # (server, status) -> requests
 
 def serve(app):
     """Start uvicorn on a free port of 127.0.0.1 in a thread; returns (url, stop)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=2))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-
-    def stop():
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
-
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
-
+    return start(app, timeout_keep_alive=2)
 
 @pytest.fixture(scope="module")
 def open_server(retriever):  # noqa: F811
