@@ -1,16 +1,23 @@
 """Encoding throughput: sentence-transformers ``encode()`` against dretriever, at one precision, each at its best.
 
 Both sides embed the same SciFact texts (documents: title + text, max 256 tokens; or ``--texts queries``: the
-300 test queries) with all-MiniLM-L6-v2, in one process and one run, at the same ``--precision``:
+300 test queries) with all-MiniLM-L6-v2, in one run, at the same ``--precision``:
 
-- fp32: plain fp32 on both sides;
+- fp32: plain fp32 on both sides (every backend: torch, onnx, openvino with its inference precision forced to f32);
 - bf16: dretriever under bf16 autocast; sentence-transformers both under bf16 autocast and with its weights
-  cast to bf16 (whichever is faster counts).
+  cast to bf16 (whichever is faster counts);
+- auto: each side as it runs by default on this CPU (dretriever ``precision auto``: bf16 autocast or OpenVINO's
+  bf16 where the CPU has it; sentence-transformers: torch fp32, onnx, openvino at OpenVINO's default precision)
+  plus sentence-transformers' bf16 torch variants.
 
-Each side runs at its own best setting: a sweep over ``--st_batch_sizes`` (per sentence-transformers backend:
-torch, and onnx / openvino where their optimum packages import) and over dretriever's ``--max_tokens``
-budgets (per dretriever backend) on ``--sweep_texts`` texts, one timing each (or the median of
-``--sweep_repeats`` rounds); the fastest setting of every
+sentence-transformers runs in its own venv (scripts/st_venv.sh, made on first use: its onnx and openvino backends
+need optimum, which pins an older transformers than ours) as a subprocess (eval/st_side.py, eval/st_worker.py)
+that times ``encode`` itself; the two sides alternate round by round on the same texts, and the report names
+each side's versions.
+
+Each side runs at its own best setting: a sweep over ``--st_batch_sizes`` (per sentence-transformers backend)
+and over dretriever's ``--max_tokens`` budgets (per dretriever backend) on ``--sweep_texts`` texts, one timing
+each (or the median of ``--sweep_repeats`` rounds); the fastest setting of every
 (side, backend) is then timed ``--runs`` times on all texts, alternating, and the medians are compared.
 Before any of it, a plain GEMM of the model's shapes gives the fp32 and bf16 ceiling of the cores right now;
 every rate is also printed as achieved GFLOP/s (useful work: real tokens only, no padding). Min cosine is
@@ -18,13 +25,13 @@ against sentence-transformers torch fp32 (batch 32).
 
     python eval/bench_encode.py --precision fp32 --docs 1000 --runs 3
     python eval/bench_encode.py --precision bf16 --docs 1000 --runs 3
+    python eval/bench_encode.py --precision auto --docs 1000 --runs 3 --our_backends torch onnx openvino
     python eval/bench_encode.py --precision fp32 --texts queries --runs 5
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -43,6 +50,7 @@ for p in (str(REPO), str(REPO / "eval")):
 
 from bench_search import interleaved  # noqa: E402
 from hardware import describe, encoder_flops, gemm_ceiling, machine  # noqa: E402
+from st_side import VARIANTS, SentenceTransformersSide, describe_versions  # noqa: E402
 
 
 @dataclass
@@ -70,35 +78,21 @@ def load_texts(data: Path, which: str, n: int) -> list[str]:
     return [ds.queries[q] for q in ds.queries][:n]
 
 
-def st_settings(args, path: str) -> tuple[list[Setting], dict]:
-    """sentence-transformers settings to sweep, and why a backend is missing."""
-    from sentence_transformers import SentenceTransformer
-
+def st_settings(args, path: str, side) -> tuple[list[Setting], dict]:
+    """sentence-transformers settings to sweep (in its side venv, eval/st_side.py), and why a backend is
+    missing."""
     settings, missing = [], {}
-    variants = [("torch", None)] if args.precision == "fp32" else [("torch/autocast", "autocast"),
-                                                                   ("torch/bf16-weights", "weights")]
-    if args.precision == "fp32":
-        variants += [(b, None) for b in args.st_backends if b != "torch"]
-    for backend, bf16 in variants:
-        try:
-            kw = {"backend": backend} if backend in ("onnx", "openvino") else {}
-            model = SentenceTransformer(path, device="cpu", **kw)
-            if bf16 == "weights":
-                model = model.to(torch.bfloat16)
-            model.encode(["warm-up"])
-        except Exception as e:  # noqa: BLE001  (the missing optimum packages raise various errors)
-            missing[backend] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    for backend, precision in VARIANTS[args.precision]:
+        if backend not in args.st_backends:
             continue
-
-        def run(texts, bs, model=model, bf16=bf16):
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 == "autocast" else contextlib.nullcontext()
-            with ctx:
-                emb = model.encode(texts, batch_size=bs, convert_to_tensor=True)
-            return emb.float().cpu().numpy()
-
+        key = f"{backend} {precision}"
+        why = side.load(path, backend, precision)
+        if why:
+            missing[key] = why
+            continue
         for bs in args.st_batch_sizes:
-            settings.append(Setting("sentence-transformers", backend, f"batch {bs}",
-                                    lambda texts, bs=bs, run=run: run(texts, bs)))
+            settings.append(Setting("sentence-transformers", key, f"batch {bs}",
+                                    lambda texts, key=key, bs=bs: side.encode(key, texts, bs)))
     return settings, missing
 
 
@@ -126,10 +120,25 @@ def our_settings(args, side: str) -> tuple[list[Setting], dict]:
     return settings, missing
 
 
+def our_versions() -> dict:
+    from importlib.metadata import version
+
+    out = {}
+    for p in ("dretriever", "transformers", "torch", "onnxruntime", "openvino"):
+        try:
+            out[p] = version(p)
+        except Exception:  # noqa: BLE001  (not installed)
+            pass
+    return out
+
+
 def timed(setting: Setting, texts: list[str]) -> tuple[float, np.ndarray]:
     t = time.perf_counter()
     emb = setting.run(texts)
-    return time.perf_counter() - t, emb
+    seconds = time.perf_counter() - t
+    if hasattr(emb, "seconds"):  # timed in the sentence-transformers worker
+        return emb.seconds, emb.value
+    return seconds, emb
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -146,7 +155,9 @@ def main(argv=None) -> int:
     p.add_argument("--sweep_texts", type=int, default=200, help="texts per sweep timing (0: no sweep, first settings)")
     p.add_argument("--sweep_repeats", type=int, default=1, help="sweep rounds; each setting's median counts")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both sides")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32", help="both sides")
+    p.add_argument("--st_python", default="", help="the sentence-transformers side's Python (default: .venv-st, "
+                   "made by scripts/st_venv.sh on first use)")
     p.add_argument("--st_batch_sizes", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     p.add_argument("--st_backends", nargs="+", default=["torch", "onnx", "openvino"])
     p.add_argument("--max_tokens", type=int, nargs="+", default=[0, 1024, 2048, 4096, 8192, 16384],
@@ -181,7 +192,9 @@ def main(argv=None) -> int:
     ref = reference.encode(texts, batch_size=32, convert_to_numpy=True)
     del reference
 
-    st, st_missing = st_settings(args, path)
+    st_side = SentenceTransformersSide(args.st_python, threads=torch.get_num_threads())
+    print(f"sentence-transformers side: {describe_versions(st_side.versions)}", flush=True)
+    st, st_missing = st_settings(args, path, st_side)
     ours, our_missing = our_settings(args, "doc" if args.texts == "docs" else "query")
     for side, missing in (("sentence-transformers", st_missing), ("dretriever", our_missing)):
         for backend, why in missing.items():
@@ -222,11 +235,14 @@ def main(argv=None) -> int:
     # the comparison holds dretriever to the fp32 bar (min cosine >= 0.999); int8 is an opt-in below it
     exact = [n for n in med if n.startswith("dretriever") and cosines[n] >= 0.999]
     best_ours = max(exact, key=med.get) if exact else None  # None: only int8 was asked for
-    ceil = ceiling["bf16" if args.precision == "bf16" else "fp32"]
+    from dretriever.encoder import autocast_dtype
+
+    bf16 = args.precision == "bf16" or autocast_dtype(torch.device("cpu"), args.precision) == torch.bfloat16
+    ceil = ceiling["bf16" if bf16 else "fp32"]
     print(f"\nmedians of {args.runs} runs ({len(texts)} {args.texts}, {args.precision}):")
     for n in med:
         print(f"  {n:55s} {med[n]:8.1f} texts/s  {gflops[n]:6.1f} GFLOP/s ({100 * gflops[n] / ceil:.0f} % of the "
-              f"{args.precision} GEMM)  min cosine to st torch fp32 {cosines[n]:.6f}")
+              f"{'bf16' if bf16 else 'fp32'} GEMM)  min cosine to st torch fp32 {cosines[n]:.6f}")
     ratio = med[best_ours] / med[best_st] if best_ours else None
     if best_ours:
         print(f"best dretriever / best sentence-transformers: {ratio:.2f}x ({best_ours} vs {best_st})")
@@ -240,11 +256,13 @@ def main(argv=None) -> int:
               "texts_per_s": rates, "median_texts_per_s": med, "gflops": gflops, "min_cosine": cosines,
               "best_st": best_st, "best_dretriever": best_ours, "ratio": ratio,
               "unavailable": {"sentence-transformers": st_missing, "dretriever": our_missing},
+              "versions": {"sentence-transformers side": st_side.versions, "dretriever side": our_versions()},
               "command": "python eval/bench_encode.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     print(json.dumps({k: result[k] for k in ("precision", "best_st", "best_dretriever", "ratio")}))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    st_side.close()
     return 0
 
 

@@ -21,7 +21,6 @@ exact (Flat) search, and index memory (serialized bytes). Recall against queries
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -42,11 +41,13 @@ from dretriever.errors import DretrieverError
 from dretriever.index.atomic import write_json_atomic
 from dretriever.index.sharded import Shard, ShardedIndex
 from dretriever.models import resolve_model
-from dretriever.encoder import autocast
+from dretriever.encoder import autocast, autocast_dtype
 from dretriever.search.retriever import Retriever
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # eval/hardware.py
+if str(Path(__file__).resolve().parent) not in sys.path:  # eval/hardware.py, eval/st_side.py
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from st_side import VARIANTS, SentenceTransformersSide, Timed, describe_versions  # noqa: E402
 
 # factory -> (search parameter, values swept); IVF-PQ uses 4-bit fast-scan PQ codes re-ranked exactly
 FACTORIES = {
@@ -59,7 +60,10 @@ FACTORIES = {
 @dataclass
 class BenchArgs:
     part: str = field(default="scifact", metadata={"help": "scifact | synthetic"})
-    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16: every side of part scifact"})
+    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 | auto: every side of part scifact "
+                                                              "(auto: each side's default on this CPU)"})
+    st_python: str = field(default="", metadata={"help": "the sentence-transformers side's Python (default: "
+                                                         ".venv-st, made by scripts/st_venv.sh on first use)"})
     backend: str = field(default="", metadata={"help": "dretriever's query backend (default: the index's)"})
     max_tokens: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096],
                                   metadata={"help": "dretriever token budgets to sweep (0: fixed batches of 128)"})
@@ -98,13 +102,18 @@ def timed(fn, repeats: int):
 
 def interleaved(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
     """Seconds of each call per round (``repeats`` rounds, every function once per round, in turn) and each
-    function's last result."""
+    function's last result. A function that returns a ``Timed`` (eval/st_side.py: work done in another
+    process, timed there) counts the seconds it reports."""
     times, results = {name: [] for name in fns}, {}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
-            results[name] = fn()
-            times[name].append(time.perf_counter() - start)
+            result = fn()
+            seconds = time.perf_counter() - start
+            if hasattr(result, "seconds") and hasattr(result, "value"):
+                seconds, result = result.seconds, result.value
+            results[name] = result
+            times[name].append(seconds)
     return times, results
 
 
@@ -121,25 +130,22 @@ def merged_pyserini_dir(index: ShardedIndex, out: Path) -> Path:
     return out
 
 
-def st_query_encoders(args: BenchArgs, model: str, prefix: str) -> list[tuple[str, object]]:
-    """(name, encode function) per sentence-transformers setting to sweep: backends that import, batch sizes."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-
+def st_query_encoders(args: BenchArgs, model: str, prefix: str, side) -> list[tuple[str, object]]:
+    """(name, encode function) per sentence-transformers setting to sweep, run in its side venv
+    (eval/st_side.py): the backends of ``--precision`` that load there, at every batch size. Each function
+    returns a ``Timed``: the seconds ``encode`` took in the worker, and the embeddings."""
     out = []
-    for backend in args.st_backends:
-        try:
-            st = SentenceTransformer(model, device="cpu", **({} if backend == "torch" else {"backend": backend}))
-        except Exception as e:  # noqa: BLE001  (missing optimum packages raise various errors)
-            print(f"sentence-transformers backend {backend}: not available ({str(e).splitlines()[0][:120]})")
+    for backend, precision in VARIANTS[args.precision]:
+        if backend not in args.st_backends:
+            continue
+        key = f"{backend} {precision}"
+        why = side.load(model, backend, precision)
+        if why:
+            print(f"sentence-transformers {key}: not available ({why})")
             continue
         for bs in args.st_batch_sizes:
-            def encode(texts, st=st, bs=bs, backend=backend):
-                ctx = autocast(torch.device("cpu"), args.precision) if backend == "torch" else contextlib.nullcontext()
-                with ctx:
-                    emb = st.encode([prefix + t for t in texts], batch_size=bs, convert_to_tensor=True)
-                return emb.float().numpy()
-            out.append((f"{backend} batch {bs}", encode))
+            out.append((f"{key} batch {bs}",
+                        lambda texts, key=key, bs=bs: side.encode(key, [prefix + t for t in texts], bs)))
     return out
 
 
@@ -178,12 +184,17 @@ def bench_scifact(args: BenchArgs) -> dict:
     qvecs = retriever.dense.encode(texts)
     only_s, only_all, _ = timed(lambda: retriever.index.search(qvecs, args.k), args.repeats)
 
-    # sentence-transformers encode() at its best setting + the same sharded FAISS search
-    st_encoders = st_query_encoders(args, resolve_model(enc["model"]), enc["query_prefix"])
+    # sentence-transformers encode() at its best setting (timed in its worker) + the same sharded FAISS search
+    side = SentenceTransformersSide(args.st_python, threads=args.threads)
+    print(f"sentence-transformers side: {describe_versions(side.versions)}", flush=True)
+    st_encoders = st_query_encoders(args, resolve_model(enc["model"]), enc["query_prefix"], side)
     index = retriever.index
 
     def st_search(encode):  # the same search and the same bulk id lookup as the API's with_text=False
-        return index.rows(*index.search_arrays(encode(texts), args.k))
+        encoded = encode(texts)
+        start = time.perf_counter()
+        rows = index.rows(*index.search_arrays(encoded.value, args.k))
+        return Timed(encoded.seconds + time.perf_counter() - start, rows)
 
     for name, encode in st_encoders:
         encode(texts[:8])
@@ -232,8 +243,11 @@ def bench_scifact(args: BenchArgs) -> dict:
                     "pyserini": pys_all},
         "same_top10_queries": same10, "same_top10_queries_vs_st": same10_st, "mean_top1000_overlap": overlap,
         "max_top10_score_diff": max_diff,
+        "versions": {"sentence-transformers side": side.versions},
     }
-    ceil = ceiling["bf16" if args.precision == "bf16" else "fp32"]
+    side.close()
+    bf16 = args.precision == "bf16" or autocast_dtype(torch.device("cpu"), args.precision) == torch.bfloat16
+    ceil = ceiling["bf16" if bf16 else "fp32"]
     print(f"queries/s: dretriever {n / api_s:.1f} ({gflops['api']:.1f} GFLOP/s, {100 * gflops['api'] / ceil:.0f} % of "
           f"the GEMM), sentence-transformers {st_name} + search {n / st_s:.1f} ({gflops['st']:.1f} GFLOP/s), Pyserini "
           f"{n / pys_s:.1f} ({gflops['pyserini']:.1f} GFLOP/s); x{pys_s / api_s:.2f} Pyserini, x{st_s / api_s:.2f} "
