@@ -161,8 +161,8 @@ class BiEncoder(nn.Module):
         ``overrides`` are :class:`EncoderConfig` fields; ``None`` values are ignored.
         ``untie=True`` starts a separate document tower as a copy of the query tower.
         ``backend`` runs inference (:meth:`encode`) in torch or, exported once, in ONNX Runtime: fp32 ("onnx")
-        or static int8 ("onnx-int8", calibrated on ``calibration``, a sample of the corpus); training always
-        runs in torch.
+        or static int8 ("onnx-int8", calibrated on ``calibration``, a sample of the corpus), or in OpenVINO
+        ("openvino": the same export, fp32 or bf16 as ``precision`` asks); training always runs in torch.
         """
         resolved = resolve_model(name_or_path)
         path = Path(resolved)
@@ -285,18 +285,25 @@ class BiEncoder(nn.Module):
         emb = pool(hidden.float(), mask, self.config.pooling)
         return F.normalize(emb, dim=-1) if self.config.normalize else emb
 
-    def runtime(self, side: str):
-        """The exported tower for ``side`` under an ONNX backend (exported, and for ``onnx-int8`` quantised, on
-        first use, then cached beside the weights)."""
+    def runtime(self, side: str, precision: str = "fp32"):
+        """The exported tower for ``side`` under a backend other than torch (exported, and for ``onnx-int8``
+        quantised, on first use, then cached beside the weights): an ONNX Runtime session, or for ``openvino`` the
+        same export compiled by OpenVINO at ``precision`` (auto | fp32; one compiled graph per precision)."""
         tower = "query" if side == "query" or self.tied else "doc"
-        if tower not in self._runtimes:
+        key = (tower, precision if self.backend == "openvino" else "fp32")
+        if key not in self._runtimes:
             from .runtime import OnnxSession, cache_dir, exported
 
             path = exported(self.tower(side), cache_dir(self.source), f"{tower}-{self.fingerprint()[:16]}")
             if self.backend == "onnx-int8":
                 path = self._int8(path)
-            self._runtimes[tower] = OnnxSession(path)
-        return self._runtimes[tower]
+            if self.backend == "openvino":
+                from .openvino_runtime import OpenVinoSession
+
+                self._runtimes[key] = OpenVinoSession(path, precision)
+            else:
+                self._runtimes[key] = OnnxSession(path)
+        return self._runtimes[key]
 
     def _int8(self, fp32: Path) -> Path:
         """The int8 graph of the export ``fp32``, calibrated on :attr:`calibration`'s passages (document side)."""
@@ -341,7 +348,8 @@ class BiEncoder(nn.Module):
             if precision not in ("auto", "fp32"):
                 raise DretrieverError(f"precision: the {self.backend} backend sets its own (auto or fp32), "
                                       f"got {precision!r}")
-            precision, runtime = "fp32", self.runtime(side)
+            runtime = self.runtime(side, precision)
+            precision = "fp32"  # no torch autocast around it: the runtime keeps its own precision
         bar = tqdm(total=len(texts), desc=f"encode {side}s", unit=side, disable=not progress, leave=False)
         with torch.inference_mode(), autocast(device, precision):
             for idx in plan_batches(rows.lengths, batch_size, max_tokens):

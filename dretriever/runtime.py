@@ -1,5 +1,6 @@
 """Inference backends for :meth:`BiEncoder.encode`: torch (default), ONNX Runtime in fp32 ("onnx") or in static
-int8 calibrated on the user's passages ("onnx-int8", made from the fp32 export by :mod:`dretriever.quantize`).
+int8 calibrated on the user's passages ("onnx-int8", made from the fp32 export by :mod:`dretriever.quantize`),
+and OpenVINO's runtime on the same fp32 export ("openvino").
 
 The ``onnx`` backend exports one tower's transformer (token ids and mask in, last hidden state out) once with
 ``torch.onnx.export`` (the dynamo exporter: the TorchScript one mis-traced transformers 5's BERT, hidden states
@@ -7,7 +8,8 @@ off by ~4), and caches the file beside the model, in ``onnx/`` keyed by the weig
 weights never meet a stale export; a model folder that cannot be written caches under
 ``~/.cache/dretriever/onnx``. Pooling and normalisation stay in :mod:`dretriever.encoder`, identical for
 every backend. The ``onnx`` graph runs in fp32 (ONNX Runtime applies its own BERT fusions when it loads it);
-bf16/fp16 stay torch-only.
+the ``openvino`` backend compiles the same file with OpenVINO (:mod:`dretriever.openvino_runtime`), in fp32 or,
+for precision ``auto``, bf16 where the CPU has it; fp16 stays torch-only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from .errors import DretrieverError
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
 ONNX_DIR = "onnx"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

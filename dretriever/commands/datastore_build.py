@@ -12,7 +12,7 @@ def main(argv) -> int:
     if args.engine == "ray":
         from ..ray.build import ray_builder
 
-        builder = ray_builder(args)
+        builder = ray_builder(args, backend=args.backend)
     manifest = build_datastore(args, builder=builder)
     total = sum(s["num_docs"] for s in manifest["shards"])
     extra = " + BM25" if args.bm25 else ""

@@ -12,6 +12,7 @@ from ..engine import EngineArgs
 from ..errors import DretrieverError
 from ..index.build import build_index, corpus_source
 from ..quantize import DEFAULT_PASSAGES, Calibration
+from ..runtime import check_backend
 from ..token_batches import parse_max_tokens
 
 
@@ -33,8 +34,10 @@ class IndexBuildArgs(EngineArgs):
     max_tokens: str = field(default="auto", metadata={"help": "padded tokens per encoding batch: auto (1,024 on "
                                                                   "a CPU), none (batch_size texts) or N"})
     backend: str = field(default="torch", metadata={"help": "inference backend: torch | onnx (fp32 ONNX Runtime) | "
-                                                             "onnx-int8 (static int8, calibrated on the corpus); "
-                                                             "recorded in the manifest, the query side uses it too"})
+                                                             "onnx-int8 (static int8, calibrated on the corpus) | "
+                                                             "openvino (OpenVINO: fp32, or bf16 at precision auto "
+                                                             "where the CPU has it); recorded in the manifest, the "
+                                                             "query side uses it too"})
     calibration: int = field(default=DEFAULT_PASSAGES, metadata={"help": "onnx-int8: passages drawn (seeded) from "
                                                                          "the corpus to calibrate on, a count"})
     train_sample: int | None = field(default=None, metadata={"help": "vectors to train IVF/PQ on, a count (default: "
@@ -47,6 +50,7 @@ class IndexBuildArgs(EngineArgs):
         super().__post_init__()
         if not self.corpus or not self.output:
             raise DretrieverError("corpus and output: both are required (--corpus PATH --output FOLDER)")
+        check_backend(self.backend)
 
 
 def main(argv) -> int:

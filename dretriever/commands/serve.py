@@ -17,6 +17,7 @@ from pathlib import Path
 from ..cli import parse
 from ..engine import ENGINES
 from ..errors import DretrieverError
+from ..runtime import check_backend
 from ..search.batcher import DEFAULT_MAX_WAIT_MS
 from ..search.retriever import FUSIONS, MODES, Retriever
 from ..search.server import API_KEY_ENV, create_app
@@ -34,7 +35,10 @@ class ServeArgs:
     fusion: str = field(default="rrf", metadata={"help": f"hybrid fusion: {' | '.join(FUSIONS)}"})
     alpha: float = field(default=0.5, metadata={"help": "weight of the dense run for interpolation, in [0, 1]"})
     model: str | None = field(default=None, metadata={"help": "query encoder (default: the manifest's)"})
-    precision: str = field(default="auto", metadata={"help": "query encoding: auto | fp32 | bf16 | fp16"})
+    precision: str = field(default="auto", metadata={"help": "query encoding: auto | fp32 | bf16 | fp16 (onnx and "
+                                                             "openvino: auto | fp32)"})
+    backend: str | None = field(default=None, metadata={"help": "query inference backend: torch | onnx | onnx-int8 | "
+                                                                "openvino (default: the manifest's)"})
     max_k: int = field(default=1000, metadata={"help": "largest k a request may ask for, in hits (larger: 422)"})
     max_batch: int = field(default=64, metadata={"help": "most queries in one /batch_search request (more: 422)"})
     max_query_chars: int = field(default=2000, metadata={"help": "longest query, in characters (longer: 422)"})
@@ -71,6 +75,8 @@ class ServeArgs:
             raise DretrieverError("max_k, max_batch, max_query_chars and max_body_bytes must be positive")
         if self.micro_batch < 0 or self.micro_batch_wait_ms < 0:
             raise DretrieverError("micro_batch and micro_batch_wait_ms must not be negative")
+        if self.backend is not None:
+            check_backend(self.backend)
         if self.engine not in ENGINES:
             raise DretrieverError(f"engine: expected one of {ENGINES}, got {self.engine!r}")
         if self.address and self.engine != "ray":
@@ -89,7 +95,7 @@ def main(argv) -> int:
     import uvicorn
 
     retriever = Retriever.load(args.index, mode=args.mode, model=args.model, fusion=args.fusion, alpha=args.alpha,
-                               precision=args.precision)
+                               precision=args.precision, backend=args.backend)
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
     if params or args.rerank:
         retriever.index.set_search_params(rerank=args.rerank or None, **params)
@@ -121,7 +127,7 @@ def serve_on_ray(args: ServeArgs) -> int:
                                 max_batch=args.max_batch, max_query_chars=args.max_query_chars,
                                 max_body_bytes=args.max_body_bytes, shard_groups=args.shard_groups,
                                 mode=args.mode, fusion=args.fusion, alpha=args.alpha, model=args.model,
-                                precision=args.precision, micro_batch=args.micro_batch,
+                                precision=args.precision, backend=args.backend, micro_batch=args.micro_batch,
                                 micro_batch_wait_ms=args.micro_batch_wait_ms, search_params=params,
                                 group_timeout_s=args.group_timeout_s)
     def interrupt(signum, frame):

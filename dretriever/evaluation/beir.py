@@ -59,7 +59,9 @@ class EvalArgs:
                                                                 "convention)"})
     label: str | None = field(default=None, metadata={"help": "name of the dense system in the report"})
     backend: str = field(default="torch", metadata={"help": "dense inference backend: torch | onnx | onnx-int8 "
-                                                             "(static int8 calibrated on the corpus)"})
+                                                             "(static int8 calibrated on the corpus) | openvino "
+                                                             "(fp32, or bf16 at precision auto where the CPU has "
+                                                             "it)"})
     calibration: int = field(default=DEFAULT_PASSAGES, metadata={"help": "onnx-int8: corpus passages to calibrate on"})
     baseline: str | None = field(default=None, metadata={
         "help": "system every other one is tested against: its report name or bm25 | dense | hybrid "

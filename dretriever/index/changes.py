@@ -130,14 +130,16 @@ def _finish_manifest(manifest: dict, journal: dict, report: ChangeReport) -> dic
 
 
 def load_encoder(manifest: dict, model: str | None, encoder=None):
-    """The datastore's document encoder with its recorded settings; another encoder (``model``) is refused."""
+    """The datastore's document encoder with its recorded settings and inference backend; another encoder
+    (``model``) is refused."""
     from ..encoder import BiEncoder
 
     built = manifest.get("encoder")
     if built is None:
         raise DretrieverError("the datastore records no encoder (imported vectors); it cannot encode new text")
     if encoder is None:
-        encoder = BiEncoder.from_pretrained(model or built["model"], **{k: built[k] for k in ENCODER_SETTINGS})
+        encoder = BiEncoder.from_pretrained(model or built["model"], backend=built.get("backend", "torch"),
+                                            **{k: built[k] for k in ENCODER_SETTINGS})
     model = model or built["model"]
     if encoder.dim != built["dim"] or encoder.fingerprint() != built["fingerprint"]:
         raise DretrieverError(
@@ -179,7 +181,8 @@ def add_documents(root: str | Path, sources: list[str], fmt: str = "auto", shard
                 factory=base["faiss"]["factory"], format=fmt, id_field=src["fields"]["id"],
                 text_field=src["fields"]["text"], title_field=src["fields"]["title"], chunking=chunking["mode"],
                 chunk_size=chunking["size"], chunk_overlap=chunking["overlap"], batch_size=batch_size,
-                precision=precision, chunk_docs=chunk_docs, keep_vectors=base.get("keep_vectors", "none"),
+                precision=precision, backend=getattr(encoder, "backend", "torch"), chunk_docs=chunk_docs,
+                keep_vectors=base.get("keep_vectors", "none"),
                 filter_keys=",".join(f"{k}:{t}" for k, t in (base.get("filter_keys") or {}).items()),
                 progress=progress)
             trained = root / TRAINED if base["faiss"].get("trained_index") else None

@@ -25,6 +25,7 @@ from ..data.readers import FORMATS, Fields, describe, read_records
 from ..encoder import BiEncoder
 from ..engine import EngineArgs
 from ..errors import DataError, DretrieverError
+from ..runtime import check_backend
 from ..stages import stage
 from ..token_batches import parse_max_tokens
 from .bm25 import build_bm25_index
@@ -62,6 +63,10 @@ class DatastoreArgs(EngineArgs):
                                                              "runs it natively, else fp32) | fp32 | bf16 | fp16"})
     max_tokens: str = field(default="auto", metadata={"help": "padded tokens per encoding batch: auto (1,024 on "
                                                                   "a CPU), none (batch_size texts) or N"})
+    backend: str = field(default="torch", metadata={"help": "inference backend: torch | onnx (fp32 ONNX Runtime) | "
+                                                             "openvino (OpenVINO: fp32, or bf16 at precision auto "
+                                                             "where the CPU has it); recorded in the manifest, "
+                                                             "adds and the query side use it too"})
     chunk_docs: int = field(default=512, metadata={"help": "passages encoded and written per step (memory bound)"})
     train_sample: int | None = field(default=None, metadata={"help": "passages to train IVF/PQ on, a count (default: "
                                                                     "max(50 x nlist, 10,000), at most all)"})
@@ -86,6 +91,9 @@ class DatastoreArgs(EngineArgs):
             raise DretrieverError(f"format: expected one of {FORMATS}, got {self.format!r}")
         if self.shards < 1:
             raise DretrieverError(f"shards: must be at least 1, got {self.shards}")
+        if check_backend(self.backend) == "onnx-int8":
+            raise DretrieverError("backend: onnx-int8 calibrates on a corpus sample, which `dretriever index build` "
+                                  "draws; a datastore takes torch, onnx or openvino")
         self.chunk_config  # validates the chunking fields
         self.filter_key_types  # validates the filter keys
 
@@ -160,7 +168,7 @@ def build_datastore(args: DatastoreArgs, encoder: BiEncoder | None = None, train
     (the command passes Ray's for ``--engine ray``)."""
     if encoder is None:
         with stage("load"):
-            encoder = BiEncoder.from_pretrained(args.model)
+            encoder = BiEncoder.from_pretrained(args.model, backend=args.backend)
     source = passage_source(args, Chunker(args.chunk_config, encoder.tokenizer))
     manifest = build_index(source, encoder, args.output, model=args.model, factory=args.factory,
                            batch_size=args.batch_size, precision=args.precision, chunk_docs=args.chunk_docs,
