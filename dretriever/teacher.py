@@ -3,9 +3,13 @@
 Teachers (``--teacher``):
 
 * ``cross-encoder``: the usual teacher of Margin-MSE / TAS-Balanced (a BERT cross-encoder trained on
-  the target task; ``--cross_encoder`` names a sentence-transformers ``CrossEncoder`` folder or hub id).
-  It re-scores the candidates of a first stage (``--candidates bm25 | dense | fusion``). Raw logits
-  are written (no sigmoid), since margins of logits are what Margin-MSE regresses on.
+  the target task; ``--cross_encoder`` names a sentence-transformers ``CrossEncoder`` folder or hub id,
+  e.g. the ``best/`` folder ``dretriever train recipes/cross-encoder.yaml`` saves). It re-scores the
+  candidates of a first stage (``--candidates bm25 | dense | fusion``) once, under ``--precision``. Raw
+  logits are written (identity activation, whatever the folder's default: no sigmoid), since margins of
+  logits are what Margin-MSE regresses on; their scale is not a bi-encoder's, and TAS-Balanced's margin
+  calibration (``student_scale: auto``) matches the student to it. The cost (pairs scored, seconds, pairs/s)
+  goes into ``<output>.meta.json`` and is printed.
 * ``dense``: a bi-encoder (``--model``); score = query . document (cosine for normalised models).
 * ``bm25``: Pyserini's Lucene BM25 (k1=0.9, b=0.4), the raw BM25 score.
 * ``fusion``: dense and BM25 fused with :func:`dretriever.search.fusion.fuse` (``--fusion rrf`` or
@@ -57,7 +61,9 @@ class TeacherArgs:
     teacher: str = field(default="fusion", metadata={"help": "cross-encoder | dense | bm25 | fusion"})
     model: str = field(default="sentence-transformers/all-MiniLM-L6-v2",
                        metadata={"help": "bi-encoder of the dense and fusion teachers and first stages"})
-    cross_encoder: str = field(default="", metadata={"help": "CrossEncoder folder or hub id (teacher=cross-encoder)"})
+    cross_encoder: str = field(default="", metadata={"help": "CrossEncoder folder or hub id (teacher=cross-encoder; "
+                                                             "e.g. a `dretriever train` cross-encoder's best/), "
+                                                             "scored as raw logits"})
     candidates: str = field(default="bm25", metadata={"help": "first stage of the cross-encoder: bm25|dense|fusion"})
     split: str = field(default="train", metadata={"help": "qrels split whose queries are scored"})
     depth: int = field(default=200, metadata={"help": "candidates per query, in documents"})
@@ -80,6 +86,9 @@ class TeacherArgs:
             raise DretrieverError(f"teacher: expected one of {TEACHERS}, got {self.teacher!r}")
         if self.teacher == "cross-encoder" and not self.cross_encoder:
             raise DretrieverError("cross_encoder: required with --teacher cross-encoder (a CrossEncoder model)")
+        local = self.cross_encoder.startswith(("/", "./", "../", "~"))
+        if local and not Path(self.cross_encoder).expanduser().is_dir():
+            raise DretrieverError(f"cross_encoder: folder {self.cross_encoder!r} not found")
         if self.candidates not in ("bm25", "dense", "fusion"):
             raise DretrieverError(f"candidates: expected bm25, dense or fusion, got {self.candidates!r}")
         if self.fusion not in ("rrf", "interpolation"):
@@ -206,17 +215,34 @@ class CrossEncoderScorer:
         from .models import resolve_model
 
         self.model = CrossEncoder(resolve_model(args.cross_encoder), activation_fn=torch.nn.Identity())
+        if self.model.num_labels != 1:
+            raise DretrieverError(f"cross_encoder: {args.cross_encoder} has {self.model.num_labels} labels; a "
+                                  f"teacher needs one score per pair (num_labels 1)")
         self.first_stage, self.corpus = first_stage, ds.corpus
-        self.batch_size, self.progress = args.batch_size, args.progress
+        self.batch_size, self.progress, self.precision = args.batch_size, args.progress, args.precision
+        self.pairs_scored, self.scoring_s = 0, 0.0
+
+    def cost(self) -> dict:
+        """Pairs scored by this process so far, their seconds and pairs/s."""
+        return {"pairs_scored": self.pairs_scored, "scoring_s": round(self.scoring_s, 2),
+                "pairs_per_s": round(self.pairs_scored / self.scoring_s, 2) if self.scoring_s else None}
 
     def run(self, queries: dict[str, str], k: int, extra: dict[str, set[str]]) -> Run:
+        import time
+
+        from .encoder import autocast
+
         first = cut(self.first_stage.run(queries, k, extra), k, extra)
         pairs, where = [], []
         for qid, hits in first.items():
             for docid, _ in hits:
                 pairs.append((queries[qid], self.corpus[docid].contents))
                 where.append((qid, docid))
-        scores = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
+        t = time.perf_counter()
+        with autocast(self.model.device, self.precision):
+            scores = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
+        self.scoring_s += time.perf_counter() - t
+        self.pairs_scored += len(pairs)
         run: Run = {qid: [] for qid in first}
         for (qid, docid), s in zip(where, np.asarray(scores, dtype=np.float64).reshape(-1)):
             run[qid].append((docid, float(s)))
@@ -264,6 +290,7 @@ def write_teacher_scores(args: TeacherArgs, command: str = "") -> Path:
     meta = {"format": FORMAT, **args.settings()}
     done = _resume(partial, partial_meta, meta)
     todo = [q for q in ds.queries if q not in done]
+    cost = None
     if todo:
         scorer = make_scorer(args, ds)
         bar = tqdm(total=len(ds.queries), initial=len(done), desc="teacher", unit="query", disable=not args.progress)
@@ -280,9 +307,13 @@ def write_teacher_scores(args: TeacherArgs, command: str = "") -> Path:
                 os.fsync(f.fileno())
                 bar.update(len(qids))
         bar.close()
+        cost = scorer.cost() if hasattr(scorer, "cost") else None
+        if cost:
+            log.info("teacher: %d pairs scored in %.1f s (%s pairs/s)", cost["pairs_scored"], cost["scoring_s"],
+                     cost["pairs_per_s"])
     os.replace(partial, out)
     fsync_dir(out.parent)
     write_json_atomic(out.with_name(out.name + ".meta.json"),
-                      {**meta, "queries": len(ds.queries), "command": command})
+                      {**meta, "queries": len(ds.queries), "command": command, **({"cost": cost} if cost else {})})
     partial_meta.unlink(missing_ok=True)
     return out

@@ -25,8 +25,8 @@ def _looks_like_path(value: str) -> bool:
 
 @dataclass
 class TrainArgs:
-    method: str = field(default="", metadata={"help": "contriever | star | adore | tas-balanced (required, here "
-                                                      "or in the recipe)"})
+    method: str = field(default="", metadata={"help": "contriever | star | adore | tas-balanced | cross-encoder "
+                                                      "(required, here or in the recipe)"})
     model: str = field(default="sentence-transformers/all-MiniLM-L6-v2",
                        metadata={"help": "starting encoder: a saved dretriever/sentence-transformers folder or a hub "
                                          "name"})
@@ -94,7 +94,7 @@ class TrainArgs:
             raise DretrieverError(f"{name}: {why}")
 
         if not self.method:
-            bad("method", "missing; choose from contriever, star, adore, tas-balanced")
+            bad("method", "missing; choose from contriever, star, adore, tas-balanced, cross-encoder")
         if not self.output_dir:
             bad("output_dir", "missing")
         if not self.lr > 0:
@@ -211,7 +211,7 @@ def parse_recipe(argv: Sequence[str]):
         argument_parser(TrainArgs, usage=USAGE, description=methods_help()).print_help()
         raise SystemExit(0)
     if not method:
-        raise DretrieverError("method: missing; choose from contriever, star, adore, tas-balanced")
+        raise DretrieverError("method: missing; choose from contriever, star, adore, tas-balanced, cross-encoder")
     method_cls, args_cls = resolve(str(method))
 
     class Parser(HfArgumentParser):

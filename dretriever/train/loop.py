@@ -14,6 +14,10 @@ and takes exactly the steps the uninterrupted run would have taken. ``output_dir
 lr, samples/s and the method's values per step and dev metrics per evaluation; ``final/`` and ``best/``
 (best dev nDCG@10) are saved in the encoder's format, so they index and evaluate with the foundation's
 commands; ``training_curve.png`` plots the log.
+
+A method may train a model of its own instead of a bi-encoder (the cross-encoder): ``method.load_model(args)``
+returns it (an ``nn.Module`` with ``save_pretrained``, ``set_dropout`` and ``autocast``), and
+``method.dev_evaluator(args)`` its dev evaluation; everything else is the same loop.
 """
 
 from __future__ import annotations
@@ -67,12 +71,18 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _param_groups(params, weight_decay: float, named: dict):
-    decay, no_decay = [], []
+def _param_groups(params, weight_decay: float, named: dict, lr: float, own_lr: dict | None = None):
+    """AdamW groups: weight decay except on biases and norms; parameters named in ``own_lr`` (name -> peak lr,
+    from ``method.param_lrs``) get their own lr, the rest ``lr`` (the schedule scales every group alike)."""
+    own_lr = own_lr or {}
+    groups: dict[tuple[bool, float], list] = {}
     for p in params:
         name = named.get(id(p), "")
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith("bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (p.ndim < 2 or "LayerNorm" in name or name.endswith("bias"))
+        groups.setdefault((decays, own_lr.get(name, lr)), []).append(p)
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][1] != lr, not kv[0][0]))  # the base-lr decay group first
+    return [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "lr": group_lr}
+            for (decays, group_lr), ps in ordered]
 
 
 def plot_curve(log_path: str | Path, png_path: str | Path, title: str = "training") -> None:
@@ -186,13 +196,16 @@ class TrainingLoop:
             _remove_stale_temporaries(self.out)
         set_seed(args.seed)
 
-        self.encoder = encoder = load_encoder(args)
+        own_model = getattr(self.method, "load_model", None)  # a method that trains another kind of model
+        self.encoder = encoder = own_model(args) if own_model is not None else load_encoder(args)
         if args.dropout is not None:
             encoder.set_dropout(args.dropout)
-        self.saved_lengths = (encoder.config.query_max_length, encoder.config.doc_max_length)
-        self.train_lengths = (args.train_query_max_length or self.saved_lengths[0],
-                              args.train_doc_max_length or self.saved_lengths[1])
-        encoder.config.query_max_length, encoder.config.doc_max_length = self.train_lengths
+        self.lengths = isinstance(encoder, BiEncoder)  # query and document lengths to swap (a bi-encoder's)
+        if self.lengths:
+            self.saved_lengths = (encoder.config.query_max_length, encoder.config.doc_max_length)
+            self.train_lengths = (args.train_query_max_length or self.saved_lengths[0],
+                                  args.train_doc_max_length or self.saved_lengths[1])
+            encoder.config.query_max_length, encoder.config.doc_max_length = self.train_lengths
         encoder.to(self.device)
         encoder.train()
         self.method.setup(encoder, self.accelerator)
@@ -206,7 +219,9 @@ class TrainingLoop:
         for p in encoder.parameters():  # parameters the method does not train get no gradients at all
             if id(p) not in trained:
                 p.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.params, args.weight_decay, named), lr=args.lr)
+        own_lr = self.method.param_lrs(encoder) if hasattr(self.method, "param_lrs") else None
+        self.optimizer = torch.optim.AdamW(_param_groups(self.params, args.weight_decay, named, args.lr, own_lr),
+                                           lr=args.lr)
         self.schedule()
         dtype = autocast_dtype(self.device, args.precision)
         self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and self.device.type == "cuda" else None
@@ -264,7 +279,11 @@ class TrainingLoop:
 
     @contextlib.contextmanager
     def model_lengths(self):
-        """Dev evaluation and saving see the model's own maximum lengths; training its training lengths."""
+        """Dev evaluation and saving see the model's own maximum lengths; training its training lengths (a
+        bi-encoder's; a method's own model keeps its lengths)."""
+        if not self.lengths:
+            yield
+            return
         config = self.encoder.config
         config.query_max_length, config.doc_max_length = self.saved_lengths
         try:
@@ -515,10 +534,14 @@ def _save_encoder(encoder: BiEncoder, path: Path) -> None:
 def _dev_evaluator(args: TrainArgs, method=None):
     """The dev evaluator; a method whose training cannot change the document vectors supplies them once
     (``method.dev_doc_vectors(doc_ids)``, returning None to fall back to encoding), so no evaluation
-    re-encodes documents."""
+    re-encodes documents; a method with a model of its own supplies its own evaluator
+    (``method.dev_evaluator(args)``: the cross-encoder reranks candidates)."""
     from ..data.negatives import read_negatives
     from .data import DevEvaluator, load_train_data
 
+    own = getattr(method, "dev_evaluator", None)
+    if own is not None:
+        return own(args)
     if not args.data:
         raise DretrieverError("data: dev_queries needs a BEIR dataset folder in data")
     data = load_train_data(args.data, args.train_split, args.dev_queries, need_train=False,  # dev only

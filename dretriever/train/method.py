@@ -6,6 +6,13 @@ accumulation, autocast, checkpoints, resume, logging, evaluation, saving).
 Optional: a method whose training cannot change the document vectors (ADORE) defines
 ``dev_doc_vectors(doc_ids) -> np.ndarray | None``; the loop's dev evaluation then scores against those
 vectors and never encodes a dev document (None: encode as usual).
+
+Optional: a method that trains another kind of model than a bi-encoder (the cross-encoder) defines
+``load_model(train_args)`` (the model the loop trains, checkpoints and saves with its ``save_pretrained``) and
+``dev_evaluator(train_args)`` (called after ``setup``: a callable ``model -> {"dev_ndcg@10": ..., ...}``).
+
+Optional: ``param_lrs(model) -> {parameter name: peak lr}`` gives some parameters their own learning rate
+(the cross-encoder's new head); the others train at the recipe's ``lr``, all under the same schedule.
 """
 
 from __future__ import annotations

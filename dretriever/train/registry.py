@@ -15,6 +15,7 @@ METHODS = {
     "star": "dretriever.train.star:Star",
     "adore": "dretriever.train.adore:Adore",
     "tas-balanced": "dretriever.train.tas_balanced:TasBalanced",
+    "cross-encoder": "dretriever.train.cross_encoder:CrossEncoder",
 }
 
 
@@ -24,6 +25,7 @@ SUMMARIES = {
     "star": "static hard negatives (dretriever mine) plus the other queries' positives as random negatives",
     "adore": "the query tower only, against a fixed document index, with dynamic hard negatives",
     "tas-balanced": "topic-aware, margin-balanced batches distilled from teacher scores (dretriever teacher)",
+    "cross-encoder": "a reranker scoring (query, document) pairs jointly, on mined negatives (CrossEncoder folder)",
 }
 
 
