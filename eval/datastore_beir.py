@@ -89,7 +89,7 @@ def served_run(args: DatastoreEvalArgs, queries: dict[str, str]) -> dict:
     key = secrets.token_hex(16)
     options = ["--mode", args.mode, "--precision", args.precision, "--max_k", str(max(args.k, 1000)),
                "--max_batch", str(args.batch), "--max_body_bytes", str(64 << 20), "--log_level", "warning",
-               "--shard_groups", str(args.shard_groups), "--rerank", str(args.rerank)]
+               "--shard_groups", str(args.shard_groups), "--rescore", str(args.rerank)]
     if args.nprobe:
         options += ["--nprobe", str(args.nprobe)]
     qids = list(queries)

@@ -1,7 +1,9 @@
 """The server under generated and hostile requests, on a real uvicorn on 127.0.0.1: schemathesis generates
 requests from the server's own /openapi.json (valid and invalid ones); every response must carry a status the
 schema documents and match its documented body, never a 5xx, with and without an API key (401 without it).
-Then by hand: malformed JSON, a body declared larger than sent, very long headers, 64 concurrent clients.
+The open server has a tiny cross-encoder (``/rerank`` and ``"rerank": true`` fuzzed for real), the keyed one has
+none (the same requests answer 400). Then by hand: malformed JSON, a body declared larger than sent, very long
+headers, 64 concurrent clients.
 ``DRETRIEVER_SERVER_FUZZ_REPORT=FILE`` writes the request counts (eval/reliability.py)."""
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,
                                                response_schema_conformance, status_code_conformance)
 
+from dretriever.search.rerank import Reranker
+from dretriever.search.retriever import Retriever
 from dretriever.search.server import create_app
 
 from .test_server import datastore, retriever  # noqa: F401 (module fixtures: a 60-document datastore)
+from tests.rerank_helpers import make_tiny_cross_encoder
 from tests.uvicorn_thread import start
 
 KEY = "fuzz-key-456"
@@ -40,8 +45,10 @@ def serve(app):
     return start(app, timeout_keep_alive=2)
 
 @pytest.fixture(scope="module")
-def open_server(retriever):  # noqa: F811
-    url, stop = serve(create_app(retriever, max_k=50, max_batch=4, max_query_chars=300, max_body_bytes=2000))
+def open_server(retriever, tmp_path_factory):  # noqa: F811
+    reranker = Reranker.load(make_tiny_cross_encoder(tmp_path_factory.mktemp("fuzz") / "ce"))
+    reranking = Retriever(retriever.dense, retriever.bm25, reranker=reranker, rerank_depth=8)
+    url, stop = serve(create_app(reranking, max_k=50, max_batch=4, max_query_chars=300, max_body_bytes=2000))
     yield url
     stop()
 
@@ -78,7 +85,8 @@ def test_generated_requests_get_documented_statuses_and_no_5xx(open_server, keye
     """Each operation of /openapi.json, through hypothesis directly (schemathesis' pytest plugin does not run
     under pytest 9: its from_fixture reads a private node attribute that pytest 9 dropped)."""
     ops = operations(open_server)
-    assert sorted(op.label for op in ops) == ["GET /health", "POST /admin/reload", "POST /batch_search", "POST /search"]
+    assert sorted(op.label for op in ops) == ["GET /health", "POST /admin/reload", "POST /batch_search",
+                                              "POST /rerank", "POST /search"]
     for op in ops:
         if mode == GenerationMode.NEGATIVE and op.label in ("GET /health", "POST /admin/reload"):
             continue  # they take no input: nothing to make invalid
@@ -131,7 +139,7 @@ def test_malformed_bodies_get_4xx(open_server):
     for body in [b'{"query": ', b"not json", b"\xff\xfe\x00", b"[]", b"null", b'{"query": "a"}' * 3, b"",
                  b'{"query": "\\ud800"}', b'{"query": "a", "k": 1e400}', b'{"query": "a", "k": ' + b"9" * 5000 + b"}",
                  b'{"queries": [' + b"[" * 5000 + b"]" * 5000 + b"]}", b'{"query": "a", "k": 10000000000000000000000}']:
-        for path in ("/search", "/batch_search"):
+        for path in ("/search", "/batch_search", "/rerank"):
             status = raw_request(open_server, post(path, body))
             assert status is not None and 400 <= status < 500, (path, body[:60], status)
 

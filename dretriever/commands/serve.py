@@ -4,7 +4,9 @@
 application (``ray/serve.py``: a batching query encoder, ``--shard_groups`` deployments each holding a range of the
 shards, an ingress merging their top-k) in the cluster at ``--address`` (default: a local one), until interrupted.
 Binds to 127.0.0.1 unless ``--host`` says otherwise. With ``DRETRIEVER_API_KEY`` set in the environment
-every request must carry that key.
+every request must carry that key. ``--rerank MODEL`` loads a cross-encoder (a sentence-transformers CrossEncoder
+folder) for ``"rerank": true`` searches and ``POST /rerank`` (local engine); ``--rescore R`` is the index's own
+exact re-scoring of approximate candidates (named ``--rerank R`` before reranking by a model existed).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from ..engine import ENGINES
 from ..errors import DretrieverError
 from ..runtime import check_backend
 from ..search.batcher import DEFAULT_MAX_WAIT_MS
-from ..search.retriever import FUSIONS, MODES, Retriever
+from ..search.retriever import DEFAULT_RERANK_DEPTH, FUSIONS, MODES, Retriever
 from ..search.server import API_KEY_ENV, create_app
+from ..token_batches import parse_max_tokens
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,18 @@ class ServeArgs:
     max_query_chars: int = field(default=2000, metadata={"help": "longest query, in characters (longer: 422)"})
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body, in bytes (larger: 413)"})
     nprobe: int | None = field(default=None, metadata={"help": "IVF lists probed per shard (default: faiss's, 1)"})
-    rerank: int = field(default=0, metadata={"help": "re-score the top-R approximate candidates exactly from the "
-                                                     "vectors kept on disk, in candidates (0: off)"})
+    rescore: int = field(default=0, metadata={"help": "re-score the top-R approximate candidates exactly from the "
+                                                      "vectors kept on disk, in candidates (0: off)"})
+    rerank: str | None = field(default=None, metadata={"help": "cross-encoder (a sentence-transformers CrossEncoder "
+                                                               "folder or hub id) for requests with \"rerank\": true "
+                                                               "and POST /rerank (default: none)"})
+    rerank_depth: int = field(default=DEFAULT_RERANK_DEPTH, metadata={
+        "help": "first-stage hits a reranked search rescores (a request may ask for fewer), and the most texts "
+                "one /rerank request may send"})
+    rerank_max_tokens: str = field(default="auto", metadata={"help": "padded tokens per reranking batch: auto | "
+                                                                     "none | N"})
+    rerank_max_length: int | None = field(default=None, metadata={"help": "tokens of a (query, passage) pair "
+                                                                          "kept (default: the model's)"})
     ef_search: int | None = field(default=None, metadata={"help": "HNSW efSearch, candidates kept while searching "
                                                                    "(default: faiss's, 16)"})
     micro_batch: int = field(default=32, metadata={"help": "concurrent /search requests gathered into one encoder "
@@ -83,6 +96,14 @@ class ServeArgs:
             raise DretrieverError("address: only used with --engine ray")
         if self.shard_groups < 0 or self.group_timeout_s <= 0:
             raise DretrieverError("shard_groups must not be negative and group_timeout_s must be positive")
+        if self.rerank is not None and self.rerank.isdigit() and not Path(self.rerank).exists():
+            raise DretrieverError(f"rerank: names a cross-encoder now, got {self.rerank!r}; re-scoring the top "
+                                  f"approximate candidates from the kept vectors is --rescore {self.rerank}")
+        if self.rerank is not None and self.engine == "ray":
+            raise DretrieverError("rerank: the ray engine has no reranker deployment; serve with --engine local")
+        if self.rerank_depth < 1:
+            raise DretrieverError(f"rerank_depth: must be positive, got {self.rerank_depth}")
+        parse_max_tokens(self.rerank_max_tokens)
 
 
 def main(argv) -> int:
@@ -95,17 +116,20 @@ def main(argv) -> int:
     import uvicorn
 
     retriever = Retriever.load(args.index, mode=args.mode, model=args.model, fusion=args.fusion, alpha=args.alpha,
-                               precision=args.precision, backend=args.backend)
+                               precision=args.precision, backend=args.backend,
+                               rerank=args.rerank, rerank_depth=args.rerank_depth,
+                               rerank_max_tokens=parse_max_tokens(args.rerank_max_tokens),
+                               rerank_max_length=args.rerank_max_length)
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
-    if params or args.rerank:
-        retriever.index.set_search_params(rerank=args.rerank or None, **params)
+    if params or args.rescore:
+        retriever.index.set_search_params(rerank=args.rescore or None, **params)
     api_key = os.environ.get(API_KEY_ENV) or None
     app = create_app(retriever, name=Path(args.index).name, api_key=api_key, max_k=args.max_k,
                      max_batch=args.max_batch, max_query_chars=args.max_query_chars,
                      max_body_bytes=args.max_body_bytes, micro_batch=args.micro_batch,
                      micro_batch_wait_ms=args.micro_batch_wait_ms)
-    log.info("serving %s (%d passages) on http://%s:%d%s", args.index, len(retriever.index), args.host, args.port,
-             " with an API key" if api_key else "")
+    log.info("serving %s (%d passages) on http://%s:%d%s%s", args.index, len(retriever.index), args.host, args.port,
+             f", reranking with {args.rerank}" if args.rerank else "", " with an API key" if api_key else "")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
     return 0
 
@@ -120,7 +144,7 @@ def serve_on_ray(args: ServeArgs) -> int:
     ray = connect(args.address)
     from ..ray import serve as ray_serve
 
-    params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search), ("rerank", args.rerank or None))
+    params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search), ("rerank", args.rescore or None))
               if v is not None}
     api_key = os.environ.get(API_KEY_ENV) or None
     app = ray_serve.application(args.index, name=Path(args.index).name, api_key=api_key, max_k=args.max_k,

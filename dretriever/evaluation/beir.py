@@ -6,6 +6,11 @@ Pyserini's trec_eval (``-c -q``: means and per-query scores from one call; the p
 under ``<output_dir>/perquery/``). Several datasets give one table with an average row. Every system is
 compared with a baseline (``--baseline``, default the report's first system) by paired tests over the queries
 (evaluation/significance.py), with a per-query analysis (evaluation/perquery.py).
+
+Two-stage evaluation (``--rerank MODEL --rerank_depth 100``): each first-stage system is also reported reranked by
+the cross-encoder (``<system>+rerank``, search/rerank.py: its top ``rerank_depth`` reordered, that many hits
+kept), right below it, with the cost (pairs scored, seconds, pairs/s) and a paired test of each reranked system
+against its own first stage (Holm over the reranked systems), with its per-query analysis.
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ from ..search.bm25 import BM25Searcher
 from ..index.sharded import ShardedIndex
 from ..quantize import DEFAULT_PASSAGES, Calibration
 from ..runtime import check_backend
+from ..token_batches import parse_max_tokens
 from ..search.dense import DenseSearcher, check_encoder
 from ..search.fusion import fuse
+from ..search.rerank import Reranker
 from ..search.types import Run, remove_query_ids, write_trec_run
 from .metrics import METRICS, score_run_per_query, write_trec_qrels
 from .perquery import analysis, read_per_query, write_per_query
 from .report import print_table, significance_markdown, write_report
-from .significance import RESAMPLES, SEED, compare_all, describe
+from .significance import RESAMPLES, SEED, compare, compare_all, describe, holm
 
 log = logging.getLogger(__name__)
 SYSTEMS = ("bm25", "dense", "hybrid")
@@ -69,6 +76,15 @@ class EvalArgs:
     resamples: int = field(default=RESAMPLES, metadata={"help": "resamples of the bootstrap interval and of the "
                                                                 "randomization test (default: 10000)"})
     seed: int = field(default=SEED, metadata={"help": "seed of the bootstrap and randomization test (default: 0)"})
+    rerank: str | None = field(default=None, metadata={
+        "help": "cross-encoder (a sentence-transformers CrossEncoder folder or hub id): each system is also reported "
+                "reranked (<system>+rerank), with its cost and a paired test against its first stage (default: none)"})
+    rerank_depth: int = field(default=100, metadata={"help": "first-stage hits reranked per query (the reranked run "
+                                                             "holds that many)"})
+    rerank_max_length: int | None = field(default=None, metadata={"help": "tokens of a (query, document) pair kept "
+                                                                          "(default: the model's)"})
+    rerank_max_tokens: str = field(default="auto", metadata={"help": "padded tokens per reranking batch: auto | "
+                                                                     "none | N"})
 
     def __post_init__(self):
         unknown = [s for s in self.systems if s not in SYSTEMS]
@@ -81,6 +97,9 @@ class EvalArgs:
             raise DretrieverError(f"resamples: must be positive, got {self.resamples}")
         if self.fusion not in ("rrf", "interpolation"):
             raise DretrieverError(f"fusion: expected rrf or interpolation, got {self.fusion!r}")
+        if self.rerank_depth < 1:
+            raise DretrieverError(f"rerank_depth: must be positive, got {self.rerank_depth}")
+        parse_max_tokens(self.rerank_max_tokens)
 
 
 def slug(text: str) -> str:
@@ -135,6 +154,8 @@ def system_names(args: EvalArgs) -> dict[str, str]:
 
 def baseline_name(args: EvalArgs) -> str:
     names = system_names(args)
+    if args.rerank:
+        names.update({f"{kind}+rerank": f"{name}+rerank" for kind, name in list(names.items())})
     if args.baseline is None:
         return next(iter(names.values()))
     if args.baseline in names.values():
@@ -151,9 +172,14 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     label = dense_label(args)
     baseline = baseline_name(args)
+    reranker = None
+    if args.rerank:  # loaded first: a bad model fails before any index is built
+        reranker = Reranker.load(args.rerank, max_length=args.rerank_max_length,
+                                 max_tokens=parse_max_tokens(args.rerank_max_tokens), precision=args.precision)
     rows: list[dict] = []
     sections: list[str] = []
     comparisons: list[dict] = []
+    reranked: list[dict] = []  # per dataset and first stage: the cost and the paired tests against it
     for data in args.data:
         ds = load_beir(ensure_dataset(Path(data).parent, Path(data).name), split=args.split)
         log.info("%s: %d documents, %d %s queries", ds.name, len(ds.corpus), len(ds.queries), args.split)
@@ -175,6 +201,15 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
                 run = remove_query_ids(run)
             scored[system] = run
             rows.append(score_and_record(ds.name, system, run, qrels_path, out / "runs", command, out / "perquery"))
+            if reranker is not None:
+                name, run, cost = rerank_system(reranker, system, run, ds, args.rerank_depth)
+                scored[name] = run
+                rows.append({**score_and_record(ds.name, name, run, qrels_path, out / "runs", command,
+                                                out / "perquery"), **cost})
+        if reranker is not None:
+            found = rerank_significance(ds, rows, scored, args, out)
+            reranked += found["systems"]
+            sections += found["md"]
         if len(scored) > 1:
             found = significance(ds, [r for r in rows if r["dataset"] == ds.name], baseline, scored, args, out)
             comparisons += found["comparisons"]
@@ -182,9 +217,16 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
     metrics = list(METRICS.values())
     notes = [f"Split `{args.split}`, top-{args.k}, scored by Pyserini's trec_eval -c. Dense model `{args.model}` "
              f"({args.factory}, {args.shards} shards); fusion `{args.fusion}`."]
+    if reranker is not None:
+        notes.append(f"`+rerank`: the system's top {args.rerank_depth} reordered by the cross-encoder `{args.rerank}` "
+                     f"(raw logits, pairs of at most {reranker.max_length} tokens); a reranked run holds those "
+                     f"{args.rerank_depth} hits only, so its R@1000 is its first stage's R@{args.rerank_depth}.")
     extra = {"baseline": baseline, "significance": {"test": describe(args.resamples, args.seed),
                                                     "resamples": args.resamples, "seed": args.seed,
                                                     "comparisons": comparisons}} if comparisons else {}
+    if reranker is not None:
+        extra["rerank"] = {"model": args.rerank, "depth": args.rerank_depth, "max_length": reranker.max_length,
+                           "systems": reranked}
     paths = write_report(rows, out, "BEIR evaluation", metrics, notes, sections, extra)
     print(print_table(rows, metrics))
     if comparisons:
@@ -205,6 +247,51 @@ def significance(ds: BeirDataset, rows: list[dict], baseline: str, runs: dict[st
           *significance_markdown(table)]
     md += analysis(scores, baseline, metrics[0], out / f"perquery-{ds.name}.png", found, ds.queries, ds.qrels, runs)
     return {"comparisons": table, "md": md}
+
+
+def rerank_system(reranker: Reranker, system: str, run: Run, ds: BeirDataset, depth: int) -> tuple[str, Run, dict]:
+    """``<system>+rerank``: ``run``'s top ``depth`` reordered by ``reranker``, and what it cost (pairs, seconds,
+    pairs/s, read off the reranker's counters around this one run)."""
+    pairs, seconds = reranker.pairs, reranker.seconds
+    out = reranker.rerank_run(run, ds.queries, lambda docid: ds.corpus[docid].contents, depth)
+    pairs, seconds = reranker.pairs - pairs, reranker.seconds - seconds
+    log.info("%s: reranked %s's top %d: %d pairs in %.1f s (%.1f pairs/s)", ds.name, system, depth, pairs, seconds,
+             pairs / seconds if seconds else 0.0)
+    return f"{system}+rerank", out, {"rerank_pairs": pairs, "rerank_seconds": round(seconds, 3),
+                                     "pairs_per_second": round(pairs / seconds, 2) if seconds else None}
+
+
+def rerank_significance(ds: BeirDataset, rows: list[dict], runs: dict[str, Run], args: EvalArgs, out: Path) -> dict:
+    """One dataset's reranked systems, each against its own first stage: the cost, the paired comparisons on every
+    metric (Holm over the reranked systems, per metric) and, on the first metric, the per-query analysis
+    (``perquery-<dataset>.<system>.png``); returns ``systems`` (for report.json) and ``md`` (report lines)."""
+    metrics = list(METRICS.values())
+    mine = {r["system"]: r for r in rows if r["dataset"] == ds.name}
+    pairs = [(s.removesuffix("+rerank"), s) for s in mine if s.endswith("+rerank")]
+    scores = {s: read_per_query(mine[s]["perquery"]) for pair in pairs for s in pair}
+    found = []
+    for metric in metrics:
+        group = [compare(scores[first][metric], scores[second][metric], metric, first, second, args.resamples,
+                         args.seed) for first, second in pairs]
+        for c, adjusted in zip(group, holm([c.p_value for c in group])):
+            c.p_holm = adjusted
+        found += group
+    table = [{"dataset": ds.name, **c.to_dict()} for c in found]
+    md = ["", f"## {ds.name}: each reranked system against its first stage", "",
+          f"Reranked by `{args.rerank}`, top {args.rerank_depth} per query.", "",
+          "| system | pairs scored | seconds | pairs/s |", "|---|---:|---:|---:|"]
+    md += [f"| {second} | {mine[second]['rerank_pairs']} | {mine[second]['rerank_seconds']:.1f} | "
+           f"{mine[second]['pairs_per_second'] or 0:.1f} |" for _, second in pairs]
+    md += ["", describe(args.resamples, args.seed) + " Holm: over the reranked systems.", "",
+           *significance_markdown(table)]
+    for first, second in pairs:
+        md += analysis({first: scores[first], second: scores[second]}, first, metrics[0],
+                       out / f"perquery-{ds.name}.{slug(second)}.png", [c for c in found if c.system == second],
+                       ds.queries, ds.qrels, runs)
+    systems = [{"dataset": ds.name, "system": second, "first_stage": first,
+                **{k: mine[second][k] for k in ("rerank_pairs", "rerank_seconds", "pairs_per_second")},
+                "comparisons": [c for c in table if c["system"] == second]} for first, second in pairs]
+    return {"systems": systems, "md": md}
 
 
 def score_and_record(dataset: str, system: str, run: Run, qrels_path: Path, runs_dir: Path, command: str,

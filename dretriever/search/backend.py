@@ -9,6 +9,10 @@ may name, built into the request schema) and four coroutines:
   its shards, passages, pid and RSS);
 - ``reload()``: ``(generation, previous, passages)`` after moving to the datastore's current generation.
 
+A backend with a cross-encoder also has ``reranker`` (its name) and ``rerank_depth`` (the most hits a search
+reranks), takes ``rerank=True, rerank_depth=N`` in both searches, and has ``rerank(query, texts)`` (raw logits);
+one without (the Ray engine) gets neither keyword, since the app refuses those requests first.
+
 A bad request raises ``DretrieverError`` (400), a part of the service that is down raises ``Unavailable`` (503).
 :class:`LocalBackend` serves a :class:`Retriever` in this process (micro-batching ``/search``);
 ``ray/serve.py`` has the Ray Serve one, so both engines publish the same OpenAPI document.
@@ -43,29 +47,52 @@ class LocalBackend:
     def __init__(self, retriever: Retriever, micro_batch: int = 32, micro_batch_wait_ms: float = DEFAULT_MAX_WAIT_MS):
         self.retriever = retriever
         self.batcher = MicroBatcher(self._batched, micro_batch, micro_batch_wait_ms) if micro_batch > 1 else None
+        self.rerank_batcher = (MicroBatcher(self._scored, micro_batch, micro_batch_wait_ms)
+                               if micro_batch > 1 and retriever.reranker is not None else None)
         self._reloading: asyncio.Lock | None = None
 
     @property
     def filter_keys(self) -> dict[str, str]:
         return self.retriever.filter_keys
 
-    def _batched(self, queries: list[str], k: int, mode: str | None, filter: str | None):
+    @property
+    def reranker(self) -> str | None:
+        return self.retriever.reranker.name if self.retriever.reranker is not None else None
+
+    @property
+    def rerank_depth(self) -> int | None:
+        return self.retriever.rerank_depth if self.retriever.reranker is not None else None
+
+    def _batched(self, queries: list[str], k: int, mode: str | None, filter: str | None, rerank: bool = False,
+                 rerank_depth: int | None = None):
         r = self.retriever  # the whole batch is served by one generation
-        rows = r.batch_search(queries, k, mode, True, json.loads(filter) if filter else None)
+        rows = r.batch_search(queries, k, mode, True, json.loads(filter) if filter else None, rerank, rerank_depth)
         return [([h.to_dict() for h in row], r.generation) for row in rows]
 
-    async def search(self, query: str, k: int, mode: str | None, filter: dict | None):
+    def _scored(self, requests: list[tuple[str, list[str]]]) -> list[list[float]]:
+        """Concurrent /rerank requests: every pair of the batch scored in one token-budget pass."""
+        found = self.retriever.reranker.score_lists([q for q, _ in requests], [texts for _, texts in requests])
+        return [s.tolist() for s in found]
+
+    async def search(self, query: str, k: int, mode: str | None, filter: dict | None, rerank: bool = False,
+                     rerank_depth: int | None = None):
         if self.batcher is not None:
             key = json.dumps(filter, sort_keys=True) if filter is not None else None  # hashable
-            return await self.batcher(query, k=k, mode=mode, filter=key)
+            return await self.batcher(query, k=k, mode=mode, filter=key, rerank=rerank, rerank_depth=rerank_depth)
         r = self.retriever  # this request's generation, whatever a reload does meanwhile
-        hits = await run_in_threadpool(r.search, query, k, mode, True, filter)
+        hits = await run_in_threadpool(r.search, query, k, mode, True, filter, rerank, rerank_depth)
         return [h.to_dict() for h in hits], r.generation
 
-    async def batch_search(self, queries: list[str], k: int, mode: str | None, filter: dict | None):
+    async def batch_search(self, queries: list[str], k: int, mode: str | None, filter: dict | None,
+                           rerank: bool = False, rerank_depth: int | None = None):
         r = self.retriever
-        rows = await run_in_threadpool(r.batch_search, queries, k, mode, True, filter)
+        rows = await run_in_threadpool(r.batch_search, queries, k, mode, True, filter, rerank, rerank_depth)
         return [[h.to_dict() for h in row] for row in rows], r.generation
+
+    async def rerank(self, query: str, texts: list[str]) -> list[float]:
+        if self.rerank_batcher is not None:
+            return await self.rerank_batcher((query, texts))
+        return (await run_in_threadpool(self._scored, [(query, texts)]))[0]
 
     async def health(self) -> dict:
         r = self.retriever

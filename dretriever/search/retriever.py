@@ -12,6 +12,13 @@ Calls are serialised by a lock, so one Retriever can serve concurrent threads (t
 A Retriever serves one generation of a living datastore (``retriever.generation``); ``reopen()`` returns a
 Retriever of the datastore's current generation that shares the loaded query encoder (the server's hot
 reload). ``filter=`` (dense mode) restricts hits to passages whose metadata match (``index/filters.py``).
+
+Reranking, a second stage over any of the three: ``Retriever.load(root, rerank=MODEL, rerank_depth=100)`` loads a
+cross-encoder (``search/rerank.py``); each search then takes the first stage's top ``rerank_depth`` (fewer when
+the first stage has fewer), scores every (query, passage) pair of the batch in one token-budget pass, and returns
+the top ``k`` of them by the cross-encoder's raw logit: ``hit.score`` is that logit and ``hit.first_stage_score``
+the first stage's score (``None`` on a hit that was not reranked). ``k`` may not exceed the depth.
+``rerank=False`` per call searches with the first stage alone.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ from ..index.sharded import ShardedIndex
 from .bm25 import BM25Searcher
 from .dense import DenseSearcher, encoder_for_index
 from .fusion import fuse
+from .rerank import Reranker, passage_text, reranked_order
 from .types import Run
 
 MODES = ("dense", "bm25", "hybrid")
 FUSIONS = ("rrf", "interpolation")
+DEFAULT_RERANK_DEPTH = 100
 
 
 @dataclass(slots=True)
@@ -42,6 +51,7 @@ class Hit:
     text: str = ""
     metadata: dict = field(default_factory=dict)
     shard: int | None = None
+    first_stage_score: float | None = None  # set when reranked: the first stage's score (``score``: the reranker's)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,9 +67,16 @@ def check_queries(queries, k) -> None:
         raise DretrieverError(f"k: expected a positive integer, got {k!r}")
 
 
+def check_rerank_depth(depth) -> int:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise DretrieverError(f"rerank_depth: expected a positive integer, got {depth!r}")
+    return depth
+
+
 class Retriever:
     def __init__(self, dense: DenseSearcher, bm25: BM25Searcher | None = None, mode: str = "dense",
-                 fusion: str = "rrf", alpha: float = 0.5, fusion_depth: int = 100):
+                 fusion: str = "rrf", alpha: float = 0.5, fusion_depth: int = 100, reranker: Reranker | None = None,
+                 rerank_depth: int = DEFAULT_RERANK_DEPTH):
         if fusion not in FUSIONS:
             raise DretrieverError(f"fusion: expected one of {FUSIONS}, got {fusion!r}")
         if not 0.0 <= alpha <= 1.0:
@@ -67,31 +84,43 @@ class Retriever:
         self.dense, self.bm25 = dense, bm25
         self.fusion, self.alpha, self.fusion_depth = fusion, alpha, fusion_depth
         self.mode = self._check_mode(mode)
+        self.reranker, self.rerank_depth = reranker, check_rerank_depth(rerank_depth)
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, root: str | Path, mode: str = "dense", model: str | None = None, fusion: str = "rrf",
              alpha: float = 0.5, fusion_depth: int = 100, verify: bool = False, batch_size: int = 128,
              precision: str = "auto", backend: str | None = None,
-             max_tokens: int | str | None = "auto", encoder=None) -> "Retriever":
+             max_tokens: int | str | None = "auto", encoder=None, rerank: str | Path | Reranker | None = None,
+             rerank_depth: int = DEFAULT_RERANK_DEPTH, rerank_max_tokens: int | str | None = "auto",
+             rerank_max_length: int | None = None) -> "Retriever":
         """Open the index at ``root`` (and its Lucene index, ``bm25/`` or the generation's, when present).
         Queries are encoded with the index's backend (``backend`` overrides it; ``encoder``: an already loaded
-        one) in batches of at most ``batch_size`` queries and ``max_tokens`` padded tokens."""
+        one) in batches of at most ``batch_size`` queries and ``max_tokens`` padded tokens. ``rerank``: a
+        CrossEncoder folder or hub id (or a loaded :class:`Reranker`) reranking each search's top ``rerank_depth``
+        in batches of ``rerank_max_tokens`` padded tokens, pairs truncated to ``rerank_max_length`` tokens
+        (default: the model's), at ``precision``; loaded first, so a bad model fails before the index opens."""
         root = Path(root)
+        check_rerank_depth(rerank_depth)
+        reranker = rerank
+        if rerank is not None and not isinstance(rerank, Reranker):
+            reranker = Reranker.load(rerank, max_length=rerank_max_length, max_tokens=rerank_max_tokens,
+                                     precision=precision)
         index = ShardedIndex.open(root, verify=verify)
         if encoder is None:
             encoder = encoder_for_index(index.manifest, root, model, backend)
         dense = DenseSearcher(index, encoder, batch_size=batch_size, precision=precision, max_tokens=max_tokens)
         lucene = root / (index.manifest.get("bm25") or BM25_DIR)
         bm25 = BM25Searcher(lucene) if lucene.is_dir() else None
-        return cls(dense, bm25, mode, fusion, alpha, fusion_depth)
+        return cls(dense, bm25, mode, fusion, alpha, fusion_depth, reranker, rerank_depth)
 
     def reopen(self) -> "Retriever":
         """This datastore's current generation, with the same settings and the already loaded query encoder."""
         new = Retriever.load(self.index.root, self.mode,
                              fusion=self.fusion, alpha=self.alpha, fusion_depth=self.fusion_depth,
                              batch_size=self.dense.batch_size, precision=self.dense.precision,
-                             max_tokens=self.dense.max_tokens, encoder=self.dense.encoder)
+                             max_tokens=self.dense.max_tokens, encoder=self.dense.encoder, rerank=self.reranker,
+                             rerank_depth=self.rerank_depth)
         new.index.set_search_params(rerank=self.index.rerank or None, **self.index.search_params)
         new.index.exact_limit = self.index.exact_limit
         return new
@@ -121,18 +150,26 @@ class Retriever:
         return mode
 
     def search(self, query: str, k: int = 10, mode: str | None = None, with_text: bool = True,
-               filter: dict | None = None) -> list[Hit]:
-        return self.batch_search([query], k, mode, with_text, filter)[0]
+               filter: dict | None = None, rerank: bool | None = None, rerank_depth: int | None = None) -> list[Hit]:
+        return self.batch_search([query], k, mode, with_text, filter, rerank, rerank_depth)[0]
 
     def batch_search(self, queries: list[str], k: int = 10, mode: str | None = None,
-                     with_text: bool = True, filter: dict | None = None) -> list[list[Hit]]:
-        """Top-``k`` hits per query, best first; ``with_text=False`` skips the doc-store lookup.
+                     with_text: bool = True, filter: dict | None = None, rerank: bool | None = None,
+                     rerank_depth: int | None = None) -> list[list[Hit]]:
+        """Top-``k`` hits per query, best first; ``with_text=False`` skips the doc-store lookup (not when
+        reranking: the cross-encoder reads the texts).
 
         ``filter`` (dense mode): e.g. ``{"year": {"gte": 2015}, "source": {"in": ["pubmed", "pmc"]}}``; the
         hits are the true top-``k`` among the matching passages (exact with Flat).
+        ``rerank`` (default: whether a reranker is loaded): rerank the first stage's top ``rerank_depth``
+        (default: the one given at load) and keep the top ``k`` of them.
         """
         check_queries(queries, k)
         mode = self._check_mode(mode)
+        depth = self._check_rerank(rerank, rerank_depth, k)
+        if depth:
+            first = self.batch_search(queries, depth, mode, True, filter, rerank=False)
+            return self._rerank(queries, first, k)
         flt = self.index.parse_filter(filter)  # validated before any work: filter.KEY names the fault
         if flt is not None and mode != "dense":
             raise DretrieverError(f"filter: supported in dense mode only (Lucene holds no metadata columns), "
@@ -147,11 +184,12 @@ class Retriever:
             return [self._hits(row, with_text) for row in rows]
 
     def run(self, queries: dict[str, str], k: int = 1000, mode: str | None = None,
-            by_document: bool = True) -> Run:
+            by_document: bool = True, rerank: bool | None = None, rerank_depth: int | None = None) -> Run:
         """A TREC-style run; ``by_document`` keeps each document's best passage under its document id."""
         qids = list(queries)
         out: Run = {}
-        for qid, hits in zip(qids, self.batch_search([queries[q] for q in qids], k, mode, with_text=by_document)):
+        found = self.batch_search([queries[q] for q in qids], k, mode, by_document, None, rerank, rerank_depth)
+        for qid, hits in zip(qids, found):
             seen, row = set(), []
             for h in hits:
                 key = h.doc_id if by_document else h.id
@@ -162,6 +200,35 @@ class Retriever:
         return out
 
     # ------------------------------------------------------------------ internals
+    def _check_rerank(self, rerank: bool | None, depth: int | None, k: int) -> int:
+        """The rerank depth of a search (0: the first stage alone), checked before any work."""
+        if rerank is None:
+            rerank = self.reranker is not None
+        if not isinstance(rerank, bool):
+            raise DretrieverError(f"rerank: expected true or false, got {rerank!r}")
+        if not rerank:
+            return 0
+        if self.reranker is None:
+            raise DretrieverError("rerank: no reranker is loaded (Retriever.load(..., rerank=MODEL); "
+                                  "dretriever serve --rerank MODEL)")
+        depth = check_rerank_depth(self.rerank_depth if depth is None else depth)
+        if k > depth:
+            raise DretrieverError(f"k: {k} is more than rerank_depth {depth}; a reranked search returns at most "
+                                  "the reranked hits (raise rerank_depth or ask for fewer)")
+        return depth
+
+    def _rerank(self, queries: list[str], first: list[list[Hit]], k: int) -> list[list[Hit]]:
+        """Each query's first-stage hits scored by the cross-encoder (one pass over every pair), best ``k`` kept."""
+        scores = self.reranker.score_lists(queries, [[passage_text(h.title, h.text) for h in row] for row in first])
+        out = []
+        for row, s in zip(first, scores):
+            hits = []
+            for i in reranked_order(s)[:k]:
+                h = row[i]
+                hits.append(Hit(h.id, h.doc_id, float(s[i]), h.title, h.text, h.metadata, h.shard, h.score))
+            out.append(hits)
+        return out
+
     def _dense(self, queries: list[str], k: int, flt=None) -> list[list[tuple[str, float, int]]]:
         return self.index.rows(*self.index.search_arrays(self.dense.encode(queries), k, filter=flt))
 

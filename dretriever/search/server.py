@@ -1,5 +1,5 @@
-"""HTTP API over one index: ``/search``, ``/batch_search``, ``/health`` (+ ``/openapi.json``, ``/docs``, and the
-search page at ``/``, ``search/page.py``).
+"""HTTP API over one index: ``/search``, ``/batch_search``, ``/rerank``, ``/health`` (+ ``/openapi.json``,
+``/docs``, and the search page at ``/``, ``search/page.py``).
 
 Defined once for both engines: ``create_app`` takes a backend (``search/backend.py``): a :class:`Retriever` in
 this process (``LocalBackend``), or the Ray Serve deployments (``ray/serve.py``), so both serve the same OpenAPI
@@ -21,6 +21,13 @@ from (``generation`` in the body, ``X-Dretriever-Generation`` header).
 Micro-batching (``search/batcher.py``, on by default): concurrent ``/search`` requests with the same options
 are answered by one ``batch_search`` call, one encoder forward and one search per shard, all on one generation
 (with Ray, ``@serve.batch`` gathers the queries into shared encoder forwards).
+
+Reranking (``serve --rerank MODEL``, a cross-encoder: ``search/rerank.py``): a search with ``"rerank": true``
+reranks the first stage's top ``rerank_depth`` (default and most: the server's ``--rerank_depth``) and its hits
+carry the cross-encoder's logit as ``score`` and the first stage's as ``first_stage_score``; ``POST /rerank``
+scores a query against up to ``--rerank_depth`` texts. Concurrent reranked searches are micro-batched like the
+others (one first stage, then every pair of the batch in one token-budget pass), and so are concurrent
+``/rerank`` requests. Without a reranker both answer 400 naming ``rerank``. (The Ray engine has no reranker.)
 """
 
 
@@ -38,7 +45,7 @@ from ..errors import DretrieverError, Unavailable
 from .backend import LocalBackend
 from .batcher import DEFAULT_MAX_WAIT_MS
 from .page import add_search_page, is_public
-from .retriever import Retriever
+from .retriever import DEFAULT_RERANK_DEPTH, Retriever
 
 API_KEY_ENV = "DRETRIEVER_API_KEY"
 GENERATION_HEADER = "X-Dretriever-Generation"
@@ -47,11 +54,13 @@ GENERATION_HEADER = "X-Dretriever-Generation"
 class HitOut(BaseModel):
     id: str
     doc_id: str
-    score: float
+    score: float = Field(description="the score the hits are ranked by: the reranker's raw logit when reranked")
     title: str
     text: str
     metadata: dict
     shard: int | None
+    first_stage_score: float | None = Field(default=None, description="when reranked: the first stage's score "
+                                            "(dense, BM25 or fused); null otherwise")
 
 
 class SearchOut(BaseModel):
@@ -62,6 +71,11 @@ class SearchOut(BaseModel):
 class BatchSearchOut(BaseModel):
     results: list[list[HitOut]]
     generation: int
+
+
+class RerankOut(BaseModel):
+    scores: list[float] = Field(description="the cross-encoder's raw logit for (query, text), in the texts' order")
+    model: str
 
 
 class ReloadOut(BaseModel):
@@ -79,6 +93,10 @@ class Health(BaseModel):
     max_k: int
     max_batch: int
     generation: int
+    reranker: str | None = Field(default=None, description="the cross-encoder `\"rerank\": true` and /rerank use "
+                                 "(null: none loaded)")
+    max_rerank_depth: int | None = Field(default=None, description="most first-stage hits a search reranks and "
+                                         "most texts a /rerank request scores (null: no reranker)")
     filter_keys: dict[str, str] = Field(default_factory=dict, description="metadata keys a `filter` may name, with "
                                         "their types (int | float | str); `doc_id` is always available")
     details: list[dict] | None = Field(default=None, description="per process holding shards (one; with the Ray "
@@ -111,12 +129,18 @@ FILTER_HELP = ('metadata filter (dense mode), keys AND-ed: {"source": "pubmed", 
                '"lang": {"in": ["en", "de"]}, "doc_id": {"prefix": "PMC"}}')
 
 
-def request_models(max_k: int, max_batch: int, max_query_chars: int, filter_keys: dict[str, str] | None = None):
+RERANK_HELP = "rerank the first stage's hits with the server's cross-encoder (400 when it has none)"
+
+
+def request_models(max_k: int, max_batch: int, max_query_chars: int, filter_keys: dict[str, str] | None = None,
+                   max_rerank_depth: int = DEFAULT_RERANK_DEPTH):
     """Request bodies with the server's limits built into their schema (they show in /openapi.json)."""
     from ..index.filters import parse_filter
 
     keys = filter_keys or {}
     help_text = FILTER_HELP + f"; declared keys: {', '.join(['doc_id', *keys])}"
+    depth_help = (f"first-stage hits reranked, at least k (default and most: {max_rerank_depth}, the server's "
+                  "--rerank_depth)")
 
     def check_filter(cls, value):
         try:
@@ -131,6 +155,8 @@ def request_models(max_k: int, max_batch: int, max_query_chars: int, filter_keys
         k: int = Field(default=10, ge=1, le=max_k)
         mode: Literal["dense", "bm25", "hybrid"] | None = None
         filter: dict[str, Any] | None = Field(default=None, description=help_text)
+        rerank: bool = Field(default=False, description=RERANK_HELP)
+        rerank_depth: int | None = Field(default=None, ge=1, le=max_rerank_depth, description=depth_help)
 
         _check_query = field_validator("query")(_nonblank)
         _check_filter = field_validator("filter")(classmethod(check_filter))
@@ -141,6 +167,8 @@ def request_models(max_k: int, max_batch: int, max_query_chars: int, filter_keys
         k: int = Field(default=10, ge=1, le=max_k)
         mode: Literal["dense", "bm25", "hybrid"] | None = None
         filter: dict[str, Any] | None = Field(default=None, description=help_text)
+        rerank: bool = Field(default=False, description=RERANK_HELP)
+        rerank_depth: int | None = Field(default=None, ge=1, le=max_rerank_depth, description=depth_help)
 
         _check_filter = field_validator("filter")(classmethod(check_filter))
 
@@ -154,7 +182,15 @@ def request_models(max_k: int, max_batch: int, max_query_chars: int, filter_keys
                     raise ValueError(f"queries[{i}] is longer than {max_query_chars} characters")
             return value
 
-    return SearchIn, BatchSearchIn
+    class RerankIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        query: str = Field(min_length=1, max_length=max_query_chars)
+        texts: list[str] = Field(min_length=1, max_length=max_rerank_depth,
+                                 description=f"passages to score against the query (at most {max_rerank_depth})")
+
+        _check_query = field_validator("query")(_nonblank)
+
+    return SearchIn, BatchSearchIn, RerankIn
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -229,8 +265,12 @@ def create_app(backend, name: str = "index", api_key: str | None = None, max_k: 
     ``micro_batch_wait_ms``; 0 or 1: off), with :class:`Guard` installed for the key and body limit."""
     if isinstance(backend, Retriever):
         backend = LocalBackend(backend, micro_batch, micro_batch_wait_ms)
-    SearchIn, BatchSearchIn = request_models(max_k, max_batch, max_query_chars, backend.filter_keys)
-    app = API(title="dretriever", version="1", description=f"Dense/BM25/hybrid retrieval over `{name}`.")
+    reranker = getattr(backend, "reranker", None)  # the name of the backend's cross-encoder, or None
+    max_depth = getattr(backend, "rerank_depth", None) or DEFAULT_RERANK_DEPTH
+    SearchIn, BatchSearchIn, RerankIn = request_models(max_k, max_batch, max_query_chars, backend.filter_keys,
+                                                       max_depth)
+    app = API(title="dretriever", version="1", description=f"Dense/BM25/hybrid retrieval over `{name}`"
+              + (f", reranked by `{reranker}`." if reranker else "."))
     app.state.backend = backend
     app.state.batcher = getattr(backend, "batcher", None)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
@@ -264,19 +304,41 @@ def create_app(backend, name: str = "index", api_key: str | None = None, max_k: 
     async def health(response: Response) -> Health:
         h = await backend.health()
         response.headers[GENERATION_HEADER] = str(h["generation"])
-        return Health(status="ok", max_k=max_k, max_batch=max_batch, filter_keys=backend.filter_keys, **h)
+        return Health(status="ok", max_k=max_k, max_batch=max_batch, filter_keys=backend.filter_keys,
+                      reranker=reranker, max_rerank_depth=max_depth if reranker else None, **h)
+
+    def rerank_options(body) -> dict:
+        """The keyword arguments a reranked search adds (none for a first-stage search: every backend takes
+        that); a rerank asked of a server without a reranker is a 400 naming ``rerank``."""
+        if not body.rerank:
+            return {}
+        if reranker is None:
+            raise DretrieverError("rerank: this server has no reranker (start it with dretriever serve --rerank MODEL)")
+        depth = body.rerank_depth or max_depth
+        if body.k > depth:
+            raise DretrieverError(f"k: {body.k} is more than rerank_depth {depth}; a reranked search returns at most "
+                                  "the reranked hits")
+        return {"rerank": True, "rerank_depth": depth}
 
     @app.post("/search", response_model=SearchOut, responses=ERRORS)
     async def search(body: SearchIn, response: Response) -> SearchOut:
-        hits, generation = await backend.search(body.query, body.k, body.mode, body.filter)
+        hits, generation = await backend.search(body.query, body.k, body.mode, body.filter, **rerank_options(body))
         response.headers[GENERATION_HEADER] = str(generation)
         return SearchOut(hits=[HitOut(**h) for h in hits], generation=generation)
 
     @app.post("/batch_search", response_model=BatchSearchOut, responses=ERRORS)
     async def batch_search(body: BatchSearchIn, response: Response) -> BatchSearchOut:
-        rows, generation = await backend.batch_search(body.queries, body.k, body.mode, body.filter)
+        rows, generation = await backend.batch_search(body.queries, body.k, body.mode, body.filter,
+                                                      **rerank_options(body))
         response.headers[GENERATION_HEADER] = str(generation)
         return BatchSearchOut(results=[[HitOut(**h) for h in row] for row in rows], generation=generation)
+
+    @app.post("/rerank", response_model=RerankOut, responses=ERRORS)
+    async def rerank(body: RerankIn) -> RerankOut:
+        """Score each text against the query with the server's cross-encoder (raw logits, the texts' order)."""
+        if reranker is None:
+            raise DretrieverError("rerank: this server has no reranker (start it with dretriever serve --rerank MODEL)")
+        return RerankOut(scores=await backend.rerank(body.query, body.texts), model=reranker)
 
     @app.post("/admin/reload", response_model=ReloadOut,
               responses={401: ERRORS[401], 403: {"model": ErrorOut, "description": "the server has no API key, "
