@@ -50,7 +50,7 @@ for p in (str(REPO), str(REPO / "eval")):
 
 from bench_search import interleaved  # noqa: E402
 from hardware import describe, encoder_flops, gemm_ceiling, machine  # noqa: E402
-from st_side import VARIANTS, SentenceTransformersSide, describe_versions  # noqa: E402
+from st_side import SentenceTransformersSide, describe_versions  # noqa: E402
 
 
 @dataclass
@@ -81,19 +81,8 @@ def load_texts(data: Path, which: str, n: int) -> list[str]:
 def st_settings(args, path: str, side) -> tuple[list[Setting], dict]:
     """sentence-transformers settings to sweep (in its side venv, eval/st_side.py), and why a backend is
     missing."""
-    settings, missing = [], {}
-    for backend, precision in VARIANTS[args.precision]:
-        if backend not in args.st_backends:
-            continue
-        key = f"{backend} {precision}"
-        why = side.load(path, backend, precision)
-        if why:
-            missing[key] = why
-            continue
-        for bs in args.st_batch_sizes:
-            settings.append(Setting("sentence-transformers", key, f"batch {bs}",
-                                    lambda texts, key=key, bs=bs: side.encode(key, texts, bs)))
-    return settings, missing
+    found, missing = side.settings(path, args.precision, args.st_backends, args.st_batch_sizes)
+    return [Setting("sentence-transformers", key, f"batch {bs}", encode) for key, bs, encode in found], missing
 
 
 def our_settings(args, side: str) -> tuple[list[Setting], dict]:

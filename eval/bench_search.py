@@ -47,7 +47,7 @@ from dretriever.search.retriever import Retriever
 if str(Path(__file__).resolve().parent) not in sys.path:  # eval/hardware.py, eval/st_side.py
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from st_side import VARIANTS, SentenceTransformersSide, Timed, describe_versions  # noqa: E402
+from st_side import SentenceTransformersSide, Timed, describe_versions  # noqa: E402
 
 # factory -> (search parameter, values swept); IVF-PQ uses 4-bit fast-scan PQ codes re-ranked exactly
 FACTORIES = {
@@ -134,19 +134,10 @@ def st_query_encoders(args: BenchArgs, model: str, prefix: str, side) -> list[tu
     """(name, encode function) per sentence-transformers setting to sweep, run in its side venv
     (eval/st_side.py): the backends of ``--precision`` that load there, at every batch size. Each function
     returns a ``Timed``: the seconds ``encode`` took in the worker, and the embeddings."""
-    out = []
-    for backend, precision in VARIANTS[args.precision]:
-        if backend not in args.st_backends:
-            continue
-        key = f"{backend} {precision}"
-        why = side.load(model, backend, precision)
-        if why:
-            print(f"sentence-transformers {key}: not available ({why})")
-            continue
-        for bs in args.st_batch_sizes:
-            out.append((f"{key} batch {bs}",
-                        lambda texts, key=key, bs=bs: side.encode(key, [prefix + t for t in texts], bs)))
-    return out
+    found, missing = side.settings(model, args.precision, args.st_backends, args.st_batch_sizes, prefix=prefix)
+    for key, why in missing.items():
+        print(f"sentence-transformers {key}: not available ({why})")
+    return [(f"{key} batch {bs}", encode) for key, bs, encode in found]
 
 
 def bench_scifact(args: BenchArgs) -> dict:

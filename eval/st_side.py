@@ -73,6 +73,24 @@ class SentenceTransformersSide:
                            "precision": precision, "threads": self.threads})
         return reply.get("error")
 
+    def settings(self, model: str, precision: str, backends: list[str], batch_sizes: list[int],
+                 prefix: str = "") -> tuple[list[tuple[str, int, object]], dict[str, str]]:
+        """Every setting to sweep at ``precision`` (``VARIANTS``), loaded: ``(key, batch size, encode)`` with
+        ``encode(texts) -> Timed`` (``prefix`` put before each text), and why each variant that failed to load
+        did."""
+        out, missing = [], {}
+        for backend, variant in VARIANTS[precision]:
+            if backend not in backends:
+                continue
+            key = f"{backend} {variant}"
+            why = self.load(model, backend, variant)
+            if why:
+                missing[key] = why
+                continue
+            out += [(key, bs, lambda texts, key=key, bs=bs: self.encode(key, [prefix + t for t in texts], bs))
+                    for bs in batch_sizes]
+        return out, missing
+
     def encode(self, key: str, texts: list[str], batch_size: int) -> Timed:
         """Embeddings of ``texts`` (fp32 numpy) and the seconds ``encode`` took in the worker."""
         self._n += 1

@@ -85,6 +85,9 @@ class EvalArgs:
                                                                           "(default: the model's)"})
     rerank_max_tokens: str = field(default="auto", metadata={"help": "padded tokens per reranking batch: auto | "
                                                                      "none | N"})
+    rerank_precision: str | None = field(default=None, metadata={
+        "help": "the cross-encoder's precision: auto | fp32 | bf16 (default: --precision), so a first stage kept "
+                "in fp32 can be reranked at the CPU's fastest precision"})
 
     def __post_init__(self):
         unknown = [s for s in self.systems if s not in SYSTEMS]
@@ -175,7 +178,8 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
     reranker = None
     if args.rerank:  # loaded first: a bad model fails before any index is built
         reranker = Reranker.load(args.rerank, max_length=args.rerank_max_length,
-                                 max_tokens=parse_max_tokens(args.rerank_max_tokens), precision=args.precision)
+                                 max_tokens=parse_max_tokens(args.rerank_max_tokens),
+                                 precision=args.rerank_precision or args.precision)
     rows: list[dict] = []
     sections: list[str] = []
     comparisons: list[dict] = []
@@ -219,13 +223,15 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
              f"({args.factory}, {args.shards} shards); fusion `{args.fusion}`."]
     if reranker is not None:
         notes.append(f"`+rerank`: the system's top {args.rerank_depth} reordered by the cross-encoder `{args.rerank}` "
-                     f"(raw logits, pairs of at most {reranker.max_length} tokens); a reranked run holds those "
-                     f"{args.rerank_depth} hits only, so its R@1000 is its first stage's R@{args.rerank_depth}.")
+                     f"(raw logits, pairs of at most {reranker.max_length} tokens, precision {reranker.precision}); "
+                     f"a reranked run holds those {args.rerank_depth} hits only, so its R@1000 is its first stage's "
+                     f"R@{args.rerank_depth}.")
     extra = {"baseline": baseline, "significance": {"test": describe(args.resamples, args.seed),
                                                     "resamples": args.resamples, "seed": args.seed,
                                                     "comparisons": comparisons}} if comparisons else {}
     if reranker is not None:
         extra["rerank"] = {"model": args.rerank, "depth": args.rerank_depth, "max_length": reranker.max_length,
+                           "precision": reranker.precision,
                            "systems": reranked}
     paths = write_report(rows, out, "BEIR evaluation", metrics, notes, sections, extra)
     print(print_table(rows, metrics))

@@ -42,7 +42,7 @@ from ..cross_encoder import CrossEncoderModel
 from ..data.negatives import read_negatives
 from ..errors import DretrieverError
 from .config import check_file
-from .data import load_train_data
+from .data import epoch_query_batches, load_train_data, negative_pools
 from .losses.bce import bce_constant_loss, binary_cross_entropy_loss
 from .losses.listwise import listwise_constant_loss, listwise_softmax_loss
 from .method import MethodBase
@@ -146,12 +146,7 @@ class CrossEncoder(MethodBase):
             raise DretrieverError("data: the cross-encoder needs a BEIR dataset folder with qrels/<train_split>.tsv")
         self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries, dev_split=ta.dev_split)
         negatives, _ = read_negatives(a.negatives)
-        self.pool = {}
-        for qid in self.data.queries:
-            cands = [d for d in negatives.get(qid, [])[a.neg_start:a.neg_depth]
-                     if d in self.data.corpus and d not in self.data.qrels[qid]]
-            if cands:
-                self.pool[qid] = cands
+        self.pool = negative_pools(self.data, negatives, a.neg_start, a.neg_depth)
         if not self.pool:
             raise DretrieverError(f"negatives: no training query of {ta.data} has negatives at ranks "
                                   f"[{a.neg_start}, {a.neg_depth}) of {a.negatives}")
@@ -182,13 +177,11 @@ class CrossEncoder(MethodBase):
         """This process's share of each global batch: ``(qid, positive, [negatives])`` items."""
         a = self.args
         rng = random.Random(f"cross-encoder:{self.train_args.seed}:{epoch}")
-        order = self.qids[:]
-        rng.shuffle(order)
         out = []
         B = self.train_args.batch_size
-        for start in range(0, len(order) - self.global_batch + 1, self.global_batch):
+        for qids in epoch_query_batches(self.qids, rng, self.global_batch):
             items = []
-            for qid in order[start:start + self.global_batch]:
+            for qid in qids:
                 pos = rng.choice(sorted(self.data.positives(qid)))  # one positive per query per epoch, seeded
                 pool = self.pool[qid]
                 items.append((qid, pos, rng.sample(pool, min(a.hard_negatives, len(pool)))))

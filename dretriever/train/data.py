@@ -40,6 +40,25 @@ class TrainData:
         return [d for d, r in self.qrels.get(qid, {}).items() if r > 0]
 
 
+def negative_pools(data: TrainData, negatives: dict[str, list[str]], start: int, depth: int,
+                   keep_empty: bool = False) -> dict[str, list[str]]:
+    """Each training query's mined negatives at ranks ``[start, depth)`` that are in the corpus and not judged
+    for it; a query left with none is dropped (kept with an empty pool when ``keep_empty``)."""
+    pools = {}
+    for qid in data.queries:
+        cands = [d for d in negatives.get(qid, [])[start:depth] if d in data.corpus and d not in data.qrels[qid]]
+        if cands or keep_empty:
+            pools[qid] = cands
+    return pools
+
+
+def epoch_query_batches(qids: list[str], rng: random.Random, global_batch: int) -> list[list[str]]:
+    """``qids`` shuffled by ``rng`` and cut into full global batches (the last partial one dropped)."""
+    order = qids[:]
+    rng.shuffle(order)
+    return [order[i:i + global_batch] for i in range(0, len(order) - global_batch + 1, global_batch)]
+
+
 def split_dev(qids, n_dev: int, seed: int = DEV_SEED, need_train: bool = True) -> tuple[list[str], list[str]]:
     """``(train, dev)``: ``n_dev`` query ids drawn by a seeded shuffle of the sorted ids.
 

@@ -33,7 +33,7 @@ from ..data.negatives import read_negatives
 from ..errors import DretrieverError
 from . import distributed as du
 from .config import check_file
-from .data import load_train_data
+from .data import epoch_query_batches, load_train_data, negative_pools
 from .losses.contrastive import contrastive_loss
 from .losses.pairwise import pairwise_softmax_loss
 from .method import MethodBase
@@ -98,12 +98,8 @@ class Star(MethodBase):
         self.args = replace(self.args, temperature=resolve_temperature(self.args.temperature, encoder, "star"))
         self.data = load_train_data(ta.data, ta.train_split, ta.dev_queries, dev_split=ta.dev_split)
         negatives, _ = read_negatives(self.args.negatives)
-        self.pool: dict[str, list[str]] = {}
-        for qid in self.data.queries:
-            cands = [d for d in negatives.get(qid, [])[self.args.neg_start:self.args.neg_depth]
-                     if d in self.data.corpus and d not in self.data.qrels[qid]]
-            if cands or self.args.hard_negatives == 0:
-                self.pool[qid] = cands
+        self.pool = negative_pools(self.data, negatives, self.args.neg_start, self.args.neg_depth,
+                                   keep_empty=self.args.hard_negatives == 0)
         missing = len(self.data.queries) - len(self.pool)
         if not self.pool:
             raise DretrieverError(f"negatives: no training query of {ta.data} has negatives in {self.args.negatives}")
@@ -118,13 +114,11 @@ class Star(MethodBase):
     def batches(self, epoch: int):
         """This process's share of each global batch (a list, so the loop knows the epoch length)."""
         rng = random.Random(f"star:{self.train_args.seed}:{epoch}")
-        order = self.qids[:]
-        rng.shuffle(order)
         out = []
         B = self.train_args.batch_size
-        for start in range(0, len(order) - self.global_batch + 1, self.global_batch):
+        for qids in epoch_query_batches(self.qids, rng, self.global_batch):
             items = []
-            for qid in order[start:start + self.global_batch]:
+            for qid in qids:
                 pos = rng.choice(sorted(self.data.positives(qid)))  # one positive per query per epoch, seeded
                 pool = self.pool[qid]
                 k = min(self.args.hard_negatives, len(pool))
