@@ -185,6 +185,15 @@ class BiEncoder(nn.Module):
         encoder.source = path if path.is_dir() else None
         return encoder
 
+    def with_backend(self, backend: str) -> "BiEncoder":
+        """This encoder (the same weights, settings and calibration, not copied) on another inference backend."""
+        if backend == self.backend:
+            return self
+        other = type(self)(self.query_model, self.tokenizer, self.config, self.doc_model, backend=backend,
+                           calibration=self.calibration)
+        other.source = self.source
+        return other
+
     def save_pretrained(self, out: str | os.PathLike) -> None:
         """Write the sentence-transformers layout (query tower at the root, doc tower in ``doc_encoder/``)."""
         out = Path(out)

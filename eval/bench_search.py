@@ -64,7 +64,8 @@ class BenchArgs:
                                                               "(auto: each side's default on this CPU)"})
     st_python: str = field(default="", metadata={"help": "the sentence-transformers side's Python (default: "
                                                          ".venv-st, made by scripts/st_venv.sh on first use)"})
-    backend: str = field(default="", metadata={"help": "dretriever's query backend (default: the index's)"})
+    backend: str = field(default="", metadata={"help": "dretriever's query backend (default: the fastest for this "
+                                                       "CPU, measured once and cached: dretriever.autotune)"})
     max_tokens: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096],
                                   metadata={"help": "dretriever token budgets to sweep (0: fixed batches of 128)"})
     st_backends: list[str] = field(default_factory=lambda: ["torch", "onnx", "openvino"])

@@ -35,7 +35,8 @@ class ProfileArgs:
     index: str = field(metadata={"help": "a Flat or IVF datastore / index folder"})
     data: str = field(default_factory=lambda: os.path.join(os.environ.get("BEIR_DATA", "../shared/beir"), "scifact"))
     precision: str = "fp32"
-    backend: str = field(default="", metadata={"help": "the query encoder's backend (default: the index's)"})
+    backend: str = field(default="", metadata={"help": "the query encoder's backend (default: the fastest for "
+                                                       "this CPU: dretriever.autotune)"})
     max_tokens: int = 1024
     k: int = 1000
     runs: int = 5

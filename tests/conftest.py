@@ -13,6 +13,10 @@ from tests.ray_cluster import ray_cluster  # noqa: F401  (the session's local Ra
 # Idle OpenMP threads sleep instead of spinning: on 2 shared cores, spinning faiss/torch pools slowed
 # k-means and encoding in tests by up to 50x. Set before faiss or torch start their thread pools.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Retriever.load encodes queries with the index's own backend here, not the one measured fastest for this CPU
+# (dretriever.autotune, which tests/test_autotune.py checks on its own): no test pays a measurement, and every
+# test sees the same backend on every CI machine.
+os.environ.setdefault("DRETRIEVER_QUERY_BACKEND", "index")
 
 REPO = Path(__file__).resolve().parent.parent
 

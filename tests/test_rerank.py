@@ -73,6 +73,26 @@ def test_scores_are_the_cross_encoders_raw_logits(tiny_ce):
     np.testing.assert_allclose(auto, ours, atol=0.05)
 
 
+def test_a_memo_of_scored_pairs_is_reused_across_runs_of_the_same_queries(tiny_ce):
+    rng = random.Random(1)
+    docs = {f"d{i}": " ".join(rng.choices(WORDS, k=20)) for i in range(12)}
+    queries = {f"q{i}": " ".join(rng.choices(WORDS, k=4)) for i in range(3)}
+    first = {q: [(f"d{(i + j) % 12}", 1.0 - j / 10) for j in range(6)] for i, q in enumerate(queries)}
+    second = {q: [(f"d{(i + j) % 12}", 1.0 - j / 10) for j in range(3, 9)] for i, q in enumerate(queries)}
+    reranker = Reranker.load(tiny_ce, precision="fp32")
+    alone = reranker.rerank_run(second, queries, docs.get, depth=6)
+    memo: dict = {}
+    reranker.rerank_run(first, queries, docs.get, depth=6, memo=memo)
+    assert len(memo) == 18
+    before = reranker.pairs
+    shared = reranker.rerank_run(second, queries, docs.get, depth=6, memo=memo)
+    assert reranker.pairs - before == 9  # ranks 6-8 of each query: the 3 pairs per query the first run lacked
+    assert len(memo) == 27
+    for q in queries:
+        assert [d for d, _ in shared[q]] == [d for d, _ in alone[q]]
+        np.testing.assert_allclose([s for _, s in shared[q]], [s for _, s in alone[q]], atol=1e-5)
+
+
 def test_a_bad_model_fails_at_load_naming_it(datastore, tiny_model, tmp_path):
     missing = tmp_path / "no-such-reranker"
     with pytest.raises(DretrieverError, match=str(missing)):
@@ -217,6 +237,7 @@ def test_eval_beir_reports_each_system_and_its_reranked_run(toy, tiny_model, key
     first = ["bm25", "tiny_bert0", "hybrid(tiny_bert0+bm25,interpolation)"]
     assert [r["system"] for r in report["rows"]] == [s for f in first for s in (f, f + "+rerank")]
     rows = {r["system"]: r for r in report["rows"]}
+    seen: set = set()  # pairs scored for a system above: reused, not scored again
     for f in first:
         row = rows[f + "+rerank"]
         run = [line.split() for line in Path(row["run"]).read_text().splitlines()]
@@ -224,8 +245,12 @@ def test_eval_beir_reports_each_system_and_its_reranked_run(toy, tiny_model, key
         for qid, _, doc, *_ in run:
             per_query.setdefault(qid, []).append(doc)
         assert max(map(len, per_query.values())) == 10  # the reranked top-10 only
-        assert row["rerank_pairs"] == sum(map(len, per_query.values())) and row["pairs_per_second"] > 0
+        pairs = {(q, d) for q, docs in per_query.items() for d in docs}
+        assert row["rerank_pairs"] == len(pairs - seen)
+        assert (row["pairs_per_second"] or 0) > 0 if pairs - seen else row["pairs_per_second"] is None
+        seen |= pairs
         assert read_per_query(row["perquery"])["ndcg_cut_10"]  # per-query scores kept as for every system
+    assert rows["bm25+rerank"]["rerank_pairs"] == 32 * 10  # the first system scores all its pairs
     tests = report["rerank"]["systems"]
     assert [(s["system"], s["first_stage"]) for s in tests] == [(f + "+rerank", f) for f in first]
     for s in tests:

@@ -9,7 +9,8 @@ compared with a baseline (``--baseline``, default the report's first system) by 
 
 Two-stage evaluation (``--rerank MODEL --rerank_depth 100``): each first-stage system is also reported reranked by
 the cross-encoder (``<system>+rerank``, search/rerank.py: its top ``rerank_depth`` reordered, that many hits
-kept), right below it, with the cost (pairs scored, seconds, pairs/s) and a paired test of each reranked system
+kept), right below it, with the cost (pairs scored, seconds, pairs/s; a pair an earlier system of the dataset already
+scored is reused, not scored again) and a paired test of each reranked system
 against its own first stage (Holm over the reranked systems), with its per-query analysis.
 """
 
@@ -198,6 +199,7 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
             runs[f"hybrid({label}+bm25,{args.fusion})"] = fuse(runs[label], runs["bm25"], args.fusion, args.alpha, args.k)
         wanted = {"bm25": "bm25" in args.systems, label: "dense" in args.systems}
         scored: dict[str, Run] = {}
+        memo: dict[tuple[str, str], float] = {}  # (qid, docid) -> cross-encoder score, shared by the systems
         for system, run in runs.items():
             if not wanted.get(system, True):
                 continue
@@ -206,7 +208,7 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
             scored[system] = run
             rows.append(score_and_record(ds.name, system, run, qrels_path, out / "runs", command, out / "perquery"))
             if reranker is not None:
-                name, run, cost = rerank_system(reranker, system, run, ds, args.rerank_depth)
+                name, run, cost = rerank_system(reranker, system, run, ds, args.rerank_depth, memo)
                 scored[name] = run
                 rows.append({**score_and_record(ds.name, name, run, qrels_path, out / "runs", command,
                                                 out / "perquery"), **cost})
@@ -255,11 +257,13 @@ def significance(ds: BeirDataset, rows: list[dict], baseline: str, runs: dict[st
     return {"comparisons": table, "md": md}
 
 
-def rerank_system(reranker: Reranker, system: str, run: Run, ds: BeirDataset, depth: int) -> tuple[str, Run, dict]:
+def rerank_system(reranker: Reranker, system: str, run: Run, ds: BeirDataset, depth: int,
+                  memo: dict[tuple[str, str], float] | None = None) -> tuple[str, Run, dict]:
     """``<system>+rerank``: ``run``'s top ``depth`` reordered by ``reranker``, and what it cost (pairs, seconds,
-    pairs/s, read off the reranker's counters around this one run)."""
+    pairs/s, read off the reranker's counters around this one run: the pairs it scored, not those ``memo`` held
+    from an earlier system of the dataset)."""
     pairs, seconds = reranker.pairs, reranker.seconds
-    out = reranker.rerank_run(run, ds.queries, lambda docid: ds.corpus[docid].contents, depth)
+    out = reranker.rerank_run(run, ds.queries, lambda docid: ds.corpus[docid].contents, depth, memo=memo)
     pairs, seconds = reranker.pairs - pairs, reranker.seconds - seconds
     log.info("%s: reranked %s's top %d: %d pairs in %.1f s (%.1f pairs/s)", ds.name, system, depth, pairs, seconds,
              pairs / seconds if seconds else 0.0)
@@ -285,7 +289,7 @@ def rerank_significance(ds: BeirDataset, rows: list[dict], runs: dict[str, Run],
     table = [{"dataset": ds.name, **c.to_dict()} for c in found]
     md = ["", f"## {ds.name}: each reranked system against its first stage", "",
           f"Reranked by `{args.rerank}`, top {args.rerank_depth} per query.", "",
-          "| system | pairs scored | seconds | pairs/s |", "|---|---:|---:|---:|"]
+          "| system | pairs scored (not scored for a system above) | seconds | pairs/s |", "|---|---:|---:|---:|"]
     md += [f"| {second} | {mine[second]['rerank_pairs']} | {mine[second]['rerank_seconds']:.1f} | "
            f"{mine[second]['pairs_per_second'] or 0:.1f} |" for _, second in pairs]
     md += ["", describe(args.resamples, args.seed) + " Holm: over the reranked systems.", "",

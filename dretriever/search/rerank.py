@@ -147,10 +147,13 @@ class Reranker:
         return np.split(flat, np.cumsum([len(row) for row in texts])[:-1]) if texts else []
 
     def rerank_run(self, run: Run, queries: dict[str, str], text: Callable[[str], str], depth: int,
-                   chunk: int = 8192) -> Run:
+                   chunk: int = 8192, memo: dict[tuple[str, str], float] | None = None) -> Run:
         """Each query's top ``depth`` of ``run`` reordered by the cross-encoder (``text(docid)``: what a document is
         scored as); the reranked run holds those ``depth`` only. Queries are scored a few at a time (about ``chunk``
-        pairs per pass), so the token rows of a large evaluation never sit in memory at once."""
+        new pairs per pass), so the token rows of a large evaluation never sit in memory at once. ``memo``
+        ((qid, docid) -> score, filled here) skips the pairs an earlier run of the same queries already scored:
+        the first stages of one evaluation share most of their top hits."""
+        memo = {} if memo is None else memo
         out: Run = {}
         qids = [q for q in run if run[q]]
         start = 0
@@ -158,12 +161,16 @@ class Reranker:
             group, pairs = [], 0
             while start < len(qids) and (not group or pairs + min(depth, len(run[qids[start]])) <= chunk):
                 group.append(qids[start])
-                pairs += min(depth, len(run[qids[start]]))
+                pairs += sum((qids[start], d) not in memo for d, _ in run[qids[start]][:depth])
                 start += 1
-            docs = [[d for d, _ in run[q][:depth]] for q in group]
-            found = self.score_lists([queries[q] for q in group], [[text(d) for d in row] for row in docs])
-            for q, row, s in zip(group, docs, found):
-                out[q] = [(row[i], float(s[i])) for i in reranked_order(s)]
+            todo = [[d for d, _ in run[q][:depth] if (q, d) not in memo] for q in group]
+            found = self.score_lists([queries[q] for q in group], [[text(d) for d in row] for row in todo])
+            for q, row, s in zip(group, todo, found):
+                memo.update(((q, d), float(x)) for d, x in zip(row, s))
+            for q in group:
+                row = [d for d, _ in run[q][:depth]]
+                scores = np.array([memo[q, d] for d in row], dtype=np.float32)
+                out[q] = [(row[i], float(scores[i])) for i in reranked_order(scores)]
         return out
 
     def _token_rows(self, queries: list[str], texts: list[str]) -> TokenRows:

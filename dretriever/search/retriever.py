@@ -27,6 +27,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..autotune import query_encoder
 from ..errors import DretrieverError
 from ..heap import gc_paused
 from ..index.datastore import BM25_DIR
@@ -95,8 +96,10 @@ class Retriever:
              rerank_depth: int = DEFAULT_RERANK_DEPTH, rerank_max_tokens: int | str | None = "auto",
              rerank_max_length: int | None = None) -> "Retriever":
         """Open the index at ``root`` (and its Lucene index, ``bm25/`` or the generation's, when present).
-        Queries are encoded with the index's backend (``backend`` overrides it; ``encoder``: an already loaded
-        one) in batches of at most ``batch_size`` queries and ``max_tokens`` padded tokens. ``rerank``: a
+        Queries are encoded with ``backend``, by default the fastest for this CPU at ``precision``
+        (:mod:`dretriever.autotune`: measured once, cached; an ``onnx-int8`` index keeps its own), or by
+        ``encoder``, an already loaded one, in batches of at most ``batch_size`` queries and ``max_tokens`` padded
+        tokens (``auto``: the budget measured with the backend). ``rerank``: a
         CrossEncoder folder or hub id (or a loaded :class:`Reranker`) reranking each search's top ``rerank_depth``
         in batches of ``rerank_max_tokens`` padded tokens, pairs truncated to ``rerank_max_length`` tokens
         (default: the model's), at ``precision``; loaded first, so a bad model fails before the index opens."""
@@ -109,6 +112,10 @@ class Retriever:
         index = ShardedIndex.open(root, verify=verify)
         if encoder is None:
             encoder = encoder_for_index(index.manifest, root, model, backend)
+            if backend is None:
+                built = (index.manifest["encoder"] or {}).get("backend", "torch")
+                encoder, budget = query_encoder(encoder, precision, built)
+                max_tokens = budget if max_tokens == "auto" else max_tokens
         dense = DenseSearcher(index, encoder, batch_size=batch_size, precision=precision, max_tokens=max_tokens)
         lucene = root / (index.manifest.get("bm25") or BM25_DIR)
         bm25 = BM25Searcher(lucene) if lucene.is_dir() else None
