@@ -8,7 +8,6 @@ so ``SentenceTransformer(path)`` and Pyserini's ``AutoQueryEncoder`` load it and
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -23,7 +22,7 @@ from transformers import AutoModel, AutoTokenizer
 from .errors import DretrieverError
 from .models import resolve_model
 from .quantize import Calibration, int8_path, quantize_int8
-from .runtime import check_backend
+from .runtime import check_backend, weights_fingerprint
 from .stages import stage
 from .token_batches import TokenRows, plan_batches
 
@@ -255,15 +254,7 @@ class BiEncoder(nn.Module):
 
     def fingerprint(self) -> str:
         """sha256 over every weight of both towers (names, dtypes, shapes, bytes)."""
-        h = hashlib.sha256()
-        for prefix, model in (("q.", self.query_model), ("d.", self.doc_model)):
-            if model is None:
-                continue
-            for name, t in sorted(model.state_dict().items()):
-                t = t.detach().cpu().contiguous()
-                h.update(f"{prefix}{name}:{t.dtype}:{tuple(t.shape)}".encode())
-                h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        return weights_fingerprint({"q.": self.query_model, "d.": self.doc_model})
 
     def set_dropout(self, p: float) -> None:
         """Set every dropout probability of both towers to ``p`` (see :func:`set_dropout`)."""

@@ -14,6 +14,7 @@ for precision ``auto``, bf16 where the CPU has it; fp16 stays torch-only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -35,17 +36,31 @@ def check_backend(name: str) -> str:
     return name
 
 
-class _Export(nn.Module):
-    """The transformer with a plain signature; the padding mask goes in as an additive 4-D float mask."""
+def weights_fingerprint(models: dict[str, nn.Module | None]) -> str:
+    """sha256 over every weight of ``models`` (prefix -> module; ``None`` skipped): names, dtypes, shapes, bytes."""
+    h = hashlib.sha256()
+    for prefix, model in models.items():
+        if model is None:
+            continue
+        for name, t in sorted(model.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{prefix}{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
-    def __init__(self, model: nn.Module, token_types: bool):
+
+class _Export(nn.Module):
+    """The transformer with a plain signature; the padding mask goes in as an additive 4-D float mask. ``output``:
+    the model output exported (``last_hidden_state`` of an encoder, ``logits`` of a cross-encoder)."""
+
+    def __init__(self, model: nn.Module, token_types: bool, output: str = "last_hidden_state"):
         super().__init__()
-        self.model, self.token_types = model, token_types
+        self.model, self.token_types, self.output = model, token_types, output
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         additive = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
         kw = {"token_type_ids": token_type_ids} if self.token_types else {}
-        return self.model(input_ids=input_ids, attention_mask=additive, **kw).last_hidden_state
+        return getattr(self.model(input_ids=input_ids, attention_mask=additive, **kw), self.output)
 
 
 def cache_dir(source: Path | None) -> Path:
@@ -54,7 +69,7 @@ def cache_dir(source: Path | None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dretriever" / ONNX_DIR
 
 
-def export_onnx(model: nn.Module, path: Path, token_types: bool) -> Path:
+def export_onnx(model: nn.Module, path: Path, token_types: bool, output: str = "last_hidden_state") -> Path:
     """Export ``model`` to ``path`` (written under a temporary name, then renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -68,8 +83,8 @@ def export_onnx(model: nn.Module, path: Path, token_types: bool) -> Path:
     os.close(fd)
     try:
         with torch.no_grad():
-            torch.onnx.export(_Export(model, token_types).eval(), args, tmp, input_names=names,
-                              output_names=["last_hidden_state"], dynamo=True, external_data=False,
+            torch.onnx.export(_Export(model, token_types, output).eval(), args, tmp, input_names=names,
+                              output_names=[output], dynamo=True, external_data=False,
                               dynamic_shapes={n: {0: batch, 1: seq} for n in names}, verbose=False)
         os.replace(tmp, path)
     finally:
@@ -93,18 +108,18 @@ def feed(names: list[str], batch: dict[str, torch.Tensor]) -> dict[str, np.ndarr
     return {n: batch[n].numpy() if n in batch else np.zeros_like(batch["input_ids"].numpy()) for n in names}
 
 
-def exported(model: nn.Module, cache: Path, key: str) -> Path:
-    """The fp32 ONNX file of ``model`` under ``cache`` (exported the first time ``key`` is asked for)."""
+def exported(model: nn.Module, cache: Path, key: str, output: str = "last_hidden_state") -> Path:
+    """The fp32 ONNX file of ``model``'s ``output`` under ``cache`` (exported the first time ``key`` is asked for)."""
     onnxruntime()  # before exporting: a missing package is named first
     path = cache / f"{key}.onnx"
     if not path.is_file():
-        export_onnx(model, path, getattr(model.config, "type_vocab_size", 0) > 0)
+        export_onnx(model, path, getattr(model.config, "type_vocab_size", 0) > 0, output)
     return path
 
 
 class OnnxSession:
     """An ONNX file run by ONNX Runtime on the CPU, fed the padded token batches of :mod:`dretriever.token_batches`;
-    returns the last hidden state."""
+    returns the graph's output (an encoder's last hidden state, a cross-encoder's logits)."""
 
     def __init__(self, path: Path, threads: int | None = None):
         ort = onnxruntime()

@@ -11,12 +11,16 @@ reports the requests/s ratio and both latency profiles.
 or the one at ``--address``; ``--shard_groups``); ``--engine both`` runs the local server and then the Ray one
 and prints them side by side (p50/p99, requests/s, errors). ``--kill_group_after S`` (Ray; the cluster on this
 machine) SIGKILLs a shard-group replica S seconds into the load and reports the errors seen (status and
-message) and the recovery time (from the kill to the first success after the last error).
+message) and the recovery time (from the kill to the first success after the last error). ``--rerank MODEL``
+starts the server with that cross-encoder (``--rerank_depth``, default 20) and loads it twice: the first stage
+alone, then every request with ``"rerank": true``, p50/p99 side by side.
 
     nice -n 10 python eval/load_test.py --index indexes/scifact.datastore-flat --clients 16 --duration 30 \
         --compare_batching true
     nice -n 10 python eval/load_test.py --index indexes/scifact.datastore-flat --clients 16 --duration 30 \
         --engine both [--kill_group_after 10]
+    nice -n 10 python eval/load_test.py --index indexes/scifact.datastore-flat --clients 16 --duration 30 \
+        --rerank path/to/cross-encoder --rerank_depth 20 --output_dir eval/reports/rerank/load
 """
 
 from __future__ import annotations
@@ -73,6 +77,13 @@ class LoadArgs:
     kill_group: int = field(default=-1, metadata={"help": "the shard group to kill (-1: the last)"})
     warmup: int = field(default=8, metadata={"help": "requests sent (and not counted) before the load: the first "
                                                     "ones pay one-time costs (Ray: the groups' first open)"})
+    rerank: str | None = field(default=None, metadata={
+        "help": "a cross-encoder for the server's --rerank: the load then runs twice on that one server, the first "
+                "stage alone and with \"rerank\": true, reported side by side (engine local)"})
+    rerank_depth: int = field(default=20, metadata={"help": "the server's --rerank_depth: hits a reranked search "
+                                                            "rescores"})
+    timeout: float = field(default=60.0, metadata={"help": "seconds a request may take before it counts as an "
+                                                           "error"})
 
     def __post_init__(self):
         if not 0 < self.duration <= 600 or self.max_requests < 1 or self.clients < 1:
@@ -83,6 +94,10 @@ class LoadArgs:
             raise DretrieverError("compare_batching: one engine at a time")
         if self.kill_group_after and not 0 < self.kill_group_after < self.duration:
             raise DretrieverError("kill_group_after must lie inside the run's duration")
+        if self.rerank and self.engine != "local":
+            raise DretrieverError("rerank: the ray engine has no reranker deployment; use --engine local")
+        if self.rerank_depth < self.k:
+            raise DretrieverError(f"rerank_depth: at least k ({self.k}), got {self.rerank_depth}")
 
 
 def check_rejections(url: str, key: str) -> dict:
@@ -106,17 +121,19 @@ def kill_group(url: str, key: str, group: int) -> dict:
     return {"group": target["group"], "shards": target["shards"], "pid": target["pid"]}
 
 
-def run_load(url: str, key: str, queries: list[str], args: LoadArgs, kill_after: float = 0.0) -> dict:
+def run_load(url: str, key: str, queries: list[str], args: LoadArgs, kill_after: float = 0.0,
+             rerank: bool = False) -> dict:
     latencies: list[float] = []
     errors: list[str] = []
     outcomes: list[tuple[float, int | None, str | None]] = []  # (end time, status, problem) of every request
     lock = threading.Lock()
     sent = 0
+    extra = {"rerank": True} if rerank else {}
     deadline = time.perf_counter() + args.duration
 
     def client(c: int):
         nonlocal sent
-        with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60) as http:
+        with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=args.timeout) as http:
             i = c
             while time.perf_counter() < deadline:
                 with lock:
@@ -126,7 +143,7 @@ def run_load(url: str, key: str, queries: list[str], args: LoadArgs, kill_after:
                 start = time.perf_counter()
                 status = None
                 try:
-                    r = http.post("/search", json={"query": queries[i % len(queries)], "k": args.k})
+                    r = http.post("/search", json={"query": queries[i % len(queries)], "k": args.k, **extra})
                     status = r.status_code
                     ok = r.status_code == 200 and len(r.json()["hits"]) == args.k
                     problem = None if ok else f"status {r.status_code}: {r.text[:200]}"
@@ -155,7 +172,7 @@ def run_load(url: str, key: str, queries: list[str], args: LoadArgs, kill_after:
     ms = np.array(latencies) * 1000
     if kill is not None:
         kill.update(recovery(outcomes, killed_at))
-    return {"requests": len(latencies), "errors": len(errors), "error_samples": errors[:5], "wall_s": wall, "kill": kill,
+    return {"rerank": rerank, "requests": len(latencies), "errors": len(errors), "error_samples": errors[:5], "wall_s": wall, "kill": kill,
             "throughput_rps": len(latencies) / wall, "latency_ms": {
                 "p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
                 "p99": float(np.percentile(ms, 99)), "max": float(ms.max()), "mean": statistics.mean(ms.tolist())}}
@@ -175,25 +192,33 @@ def recovery(outcomes: list[tuple[float, int | None, str | None]], killed_at: fl
     return {"failed": len(failed), "statuses": dict(statuses), "messages": messages, "recovered_s": recovered}
 
 
-def serve_and_load(args: LoadArgs, queries: list[str], micro_batch: int, engine: str = "local") -> dict:
+def serve_and_load(args: LoadArgs, queries: list[str], micro_batch: int, engine: str = "local") -> list[dict]:
+    """One server, loaded once (the first stage), or with ``--rerank`` twice: the first stage alone, then reranked."""
     key = secrets.token_hex(16)
     options = ["--mode", args.mode, "--log_level", "warning", "--micro_batch", str(micro_batch),
                "--micro_batch_wait_ms", str(args.micro_batch_wait_ms)]
     if engine == "ray":
         options += ["--shard_groups", str(args.shard_groups)]
+    if args.rerank:
+        options += ["--rerank", args.rerank, "--rerank_depth", str(args.rerank_depth)]
     kill_after = args.kill_group_after if engine == "ray" else 0.0
     with serving(args.index, key, options, engine, args.address, args.startup_timeout) as url:
         rejections = check_rejections(url, key)
-        for i in range(args.warmup):
-            httpx.post(f"{url}/search", json={"query": queries[i % len(queries)], "k": args.k},
-                       headers={"X-API-Key": key}, timeout=120)
-        return {"engine": engine, "micro_batch": micro_batch, "rejections": rejections,
-                **run_load(url, key, queries, args, kill_after)}
+        runs = []
+        for rerank in (False, True) if args.rerank else (False,):
+            for i in range(args.warmup):
+                httpx.post(f"{url}/search", json={"query": queries[i % len(queries)], "k": args.k,
+                                                  **({"rerank": True} if rerank else {})},
+                           headers={"X-API-Key": key}, timeout=max(120.0, args.timeout))
+            runs.append({"engine": engine, "micro_batch": micro_batch, "rejections": rejections,
+                         **run_load(url, key, queries, args, kill_after, rerank)})
+        return runs
 
 
 def describe(r: dict) -> str:
     lat = r["latency_ms"]
-    return (f"{r['engine']}, micro_batch {r['micro_batch']}: {r['requests']} requests in {r['wall_s']:.1f} s, **{r['errors']} errors**, "
+    stage = f", reranked top {r['rerank_depth']}" if r["rerank"] else ""
+    return (f"{r['engine']}, micro_batch {r['micro_batch']}{stage}: {r['requests']} requests in {r['wall_s']:.1f} s, **{r['errors']} errors**, "
             f"{r['throughput_rps']:.1f} requests/s; latency ms p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, "
             f"p99 {lat['p99']:.1f}, max {lat['max']:.1f}")
 
@@ -205,15 +230,25 @@ def main(argv) -> int:
     queries = list(load_queries(args.queries).values())
     settings = [0, args.micro_batch] if args.compare_batching else [args.micro_batch]
     engines = ["local", "ray"] if args.engine == "both" else [args.engine]
-    runs = [serve_and_load(args, queries, mb, engine) for engine in engines for mb in settings]
+    runs = [run for engine in engines for mb in settings for run in serve_and_load(args, queries, mb, engine)]
+    for run in runs:
+        run["rerank_depth"] = args.rerank_depth if run["rerank"] else None
     result = runs[-1]
     report = {"command": "python eval/load_test.py " + " ".join(argv), "args": asdict(args), "machine": machine(),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result}
     lines = ["# Load test", "", f"`{report['command']}` ({report['date']}; {report['machine']['cpu']}, "
              f"{report['machine']['cores']} cores)", "", f"{args.clients} clients, k={args.k}, mode {args.mode}", ""]
     lines += [describe(r) + "\n" for r in runs]
+    if args.rerank:
+        report["stages"] = {"first_stage": [r for r in runs if not r["rerank"]],
+                            "reranked": [r for r in runs if r["rerank"]]}
+        lines += ["| search (micro_batch) | requests/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {'reranked top ' + str(args.rerank_depth) if r['rerank'] else 'first stage'} "
+                  f"({r['micro_batch']}) | {r['throughput_rps']:.2f} | {r['latency_ms']['p50']:.1f} | "
+                  f"{r['latency_ms']['p99']:.1f} | {r['errors']} |" for r in runs]
+        lines.append("")
     if args.compare_batching:
-        off, on = runs
+        off, on = [r for r in runs if r["rerank"] == bool(args.rerank)]
         report["unbatched"] = off
         report["batching_speedup"] = on["throughput_rps"] / max(off["throughput_rps"], 1e-9)
         lines.append(f"micro-batching: **x{report['batching_speedup']:.2f}** requests/s, p99 "

@@ -73,6 +73,31 @@ def test_scores_are_the_cross_encoders_raw_logits(tiny_ce):
     np.testing.assert_allclose(auto, ours, atol=0.05)
 
 
+def test_onnx_and_openvino_score_as_torch_from_one_cached_export(tiny_ce, tmp_path):
+    import shutil
+
+    model = Path(shutil.copytree(tiny_ce, tmp_path / "ce"))  # its onnx/ cache is this test's own
+    rng = random.Random(2)
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(1, 150))) for _ in range(30)]  # some cut at 128 tokens
+    queries = [" ".join(rng.choices(WORDS, k=rng.randint(1, 8))) for _ in texts]
+    ref = Reranker.load(model, precision="fp32").score_pairs(queries, texts)
+    assert np.ptp(ref) > 1e-4
+    for backend in ("onnx", "openvino"):
+        reranker = Reranker.load(model, precision="fp32", backend=backend, max_tokens=300)
+        got = reranker.score_pairs(queries, texts)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
+        assert reranker.backend == backend and reranker.pairs == len(texts)
+    fingerprint = Reranker.load(model, precision="fp32").fingerprint()
+    assert [p.name for p in (model / "onnx").glob("*.onnx")] == [f"cross-encoder-{fingerprint[:16]}.onnx"]
+    auto = Reranker.load(model, backend="openvino").score_pairs(queries, texts)  # bf16 where the CPU has it
+    np.testing.assert_allclose(auto, ref, atol=0.05)
+    for bad, match in (("onnx-int8", "no int8 cross-encoder"), ("tensorrt", "backend: expected one of")):
+        with pytest.raises(DretrieverError, match=match):
+            Reranker.load(model, backend=bad)
+    with pytest.raises(DretrieverError, match="auto or fp32"):
+        Reranker.load(model, backend="onnx", precision="bf16")
+
+
 def test_a_memo_of_scored_pairs_is_reused_across_runs_of_the_same_queries(tiny_ce):
     rng = random.Random(1)
     docs = {f"d{i}": " ".join(rng.choices(WORDS, k=20)) for i in range(12)}

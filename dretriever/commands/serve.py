@@ -60,6 +60,9 @@ class ServeArgs:
                                                                      "none | N"})
     rerank_max_length: int | None = field(default=None, metadata={"help": "tokens of a (query, passage) pair "
                                                                           "kept (default: the model's)"})
+    rerank_backend: str = field(default="torch", metadata={
+        "help": "the cross-encoder's inference backend: torch | onnx (fp32 ONNX Runtime) | openvino "
+                "(fp32, or bf16 at precision auto where the CPU has it); the export is cached beside the model"})
     ef_search: int | None = field(default=None, metadata={"help": "HNSW efSearch, candidates kept while searching "
                                                                    "(default: faiss's, 16)"})
     micro_batch: int = field(default=32, metadata={"help": "concurrent /search requests gathered into one encoder "
@@ -105,6 +108,7 @@ class ServeArgs:
         if self.rerank_depth < 1:
             raise DretrieverError(f"rerank_depth: must be positive, got {self.rerank_depth}")
         parse_max_tokens(self.rerank_max_tokens)
+        check_backend(self.rerank_backend)
 
 
 def main(argv) -> int:
@@ -120,7 +124,7 @@ def main(argv) -> int:
                                precision=args.precision, backend=args.backend,
                                rerank=args.rerank, rerank_depth=args.rerank_depth,
                                rerank_max_tokens=parse_max_tokens(args.rerank_max_tokens),
-                               rerank_max_length=args.rerank_max_length)
+                               rerank_max_length=args.rerank_max_length, rerank_backend=args.rerank_backend)
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
     if params or args.rescore:
         retriever.index.set_search_params(rerank=args.rescore or None, **params)

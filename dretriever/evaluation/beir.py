@@ -86,6 +86,9 @@ class EvalArgs:
                                                                           "(default: the model's)"})
     rerank_max_tokens: str = field(default="auto", metadata={"help": "padded tokens per reranking batch: auto | "
                                                                      "none | N"})
+    rerank_backend: str = field(default="torch", metadata={
+        "help": "the cross-encoder's inference backend: torch | onnx (fp32 ONNX Runtime) | openvino "
+                "(fp32, or bf16 at precision auto where the CPU has it); the export is cached beside the model"})
     rerank_precision: str | None = field(default=None, metadata={
         "help": "the cross-encoder's precision: auto | fp32 | bf16 (default: --precision), so a first stage kept "
                 "in fp32 can be reranked at the CPU's fastest precision"})
@@ -104,6 +107,7 @@ class EvalArgs:
         if self.rerank_depth < 1:
             raise DretrieverError(f"rerank_depth: must be positive, got {self.rerank_depth}")
         parse_max_tokens(self.rerank_max_tokens)
+        check_backend(self.rerank_backend)
 
 
 def slug(text: str) -> str:
@@ -180,7 +184,7 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
     if args.rerank:  # loaded first: a bad model fails before any index is built
         reranker = Reranker.load(args.rerank, max_length=args.rerank_max_length,
                                  max_tokens=parse_max_tokens(args.rerank_max_tokens),
-                                 precision=args.rerank_precision or args.precision)
+                                 precision=args.rerank_precision or args.precision, backend=args.rerank_backend)
     rows: list[dict] = []
     sections: list[str] = []
     comparisons: list[dict] = []
@@ -225,7 +229,8 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
              f"({args.factory}, {args.shards} shards); fusion `{args.fusion}`."]
     if reranker is not None:
         notes.append(f"`+rerank`: the system's top {args.rerank_depth} reordered by the cross-encoder `{args.rerank}` "
-                     f"(raw logits, pairs of at most {reranker.max_length} tokens, precision {reranker.precision}); "
+                     f"(raw logits, pairs of at most {reranker.max_length} tokens, precision {reranker.precision}, "
+                     f"backend {reranker.backend}); "
                      f"a reranked run holds those {args.rerank_depth} hits only, so its R@1000 is its first stage's "
                      f"R@{args.rerank_depth}.")
     extra = {"baseline": baseline, "significance": {"test": describe(args.resamples, args.seed),
@@ -233,7 +238,7 @@ def evaluate(args: EvalArgs, command: str) -> list[dict]:
                                                     "comparisons": comparisons}} if comparisons else {}
     if reranker is not None:
         extra["rerank"] = {"model": args.rerank, "depth": args.rerank_depth, "max_length": reranker.max_length,
-                           "precision": reranker.precision,
+                           "precision": reranker.precision, "backend": reranker.backend,
                            "systems": reranked}
     paths = write_report(rows, out, "BEIR evaluation", metrics, notes, sections, extra)
     print(print_table(rows, metrics))

@@ -9,6 +9,11 @@ length, cut into batches of at most ``batch_size`` pairs and ``max_tokens`` padd
 Scores are the raw logits: the same numbers as ``CrossEncoder.predict`` with an identity activation, not squashed
 by a sigmoid, so a teacher's margins and a fused score keep their scale.
 
+``backend="onnx"`` or ``"openvino"`` runs the classifier's logits exported once to ONNX (cached beside the weights
+in ``onnx/`` by weight fingerprint, exactly as the bi-encoder's towers are: :mod:`dretriever.runtime`) with ONNX
+Runtime in fp32 or with OpenVINO (fp32, or bf16 at ``precision="auto"`` where the CPU has it), held to the fp32
+backends' bar: the same scores as torch fp32 within 1e-4.
+
 A passage is scored as ``title + " " + text`` (:func:`passage_text`), the BEIR "contents" that BM25 indexes and
 dense models encode. Everything is checked at :meth:`Reranker.load`, so a bad model is an error when the server
 or evaluation starts, never at its first request.
@@ -28,6 +33,7 @@ import torch
 from ..encoder import DEFAULT_MAX_TOKENS as ENCODER_MAX_TOKENS, _read_json, autocast
 from ..errors import DretrieverError
 from ..models import resolve_model
+from ..runtime import OnnxSession, cache_dir, check_backend, exported, weights_fingerprint
 from ..stages import stage
 from ..token_batches import TokenRows, parse_max_tokens, plan_batches
 from .types import Run
@@ -58,7 +64,8 @@ class Reranker:
     """A cross-encoder scoring pairs in token-budget batches; ``pairs`` and ``seconds`` count its work so far."""
 
     def __init__(self, model, tokenizer, max_length: int, name: str = "", batch_size: int = 64,
-                 max_tokens: int | str | None = "auto", precision: str = "auto"):
+                 max_tokens: int | str | None = "auto", precision: str = "auto", backend: str = "torch",
+                 source: Path | None = None):
         if batch_size < 1:
             raise DretrieverError(f"rerank_batch_size: must be positive, got {batch_size}")
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -69,11 +76,20 @@ class Reranker:
         self._inputs = [k for k in INPUTS if k in accepted]
         self._count = threading.Lock()
         self.pairs, self.seconds = 0, 0.0
+        self.backend, self.source = check_backend(backend), source
+        if backend == "onnx-int8":
+            raise DretrieverError("rerank_backend: torch | onnx | openvino (no int8 cross-encoder graph)")
+        self.runtime = None
+        if backend != "torch":  # exported (or read from the cache) and compiled now: a failure is a load error
+            if precision not in ("auto", "fp32"):
+                raise DretrieverError(f"precision: the {backend} backend runs auto or fp32, got {precision!r}")
+            self.runtime = self._runtime()
 
     @classmethod
     def load(cls, name_or_path: str | Path, max_length: int | None = None, **kw) -> "Reranker":
-        """Open a CrossEncoder folder or hub id (``kw``: batch_size, max_tokens, precision). A path that does not
-        hold a one-label sequence classifier is a :class:`DretrieverError` naming it."""
+        """Open a CrossEncoder folder or hub id (``kw``: batch_size, max_tokens, precision, backend: torch | onnx |
+        openvino). A path that does not hold a one-label sequence classifier is a :class:`DretrieverError` naming
+        it."""
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         name = str(name_or_path)
@@ -100,11 +116,24 @@ class Reranker:
         path = Path(resolved) if Path(resolved).is_dir() else None
         if max_length is not None and max_length < 1:
             raise DretrieverError(f"rerank_max_length: must be positive, got {max_length}")
-        return cls(model, tokenizer, max_length or _max_length(path, tokenizer, config), name, **kw)
+        return cls(model, tokenizer, max_length or _max_length(path, tokenizer, config), name, source=path, **kw)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def fingerprint(self) -> str:
+        return weights_fingerprint({"": self.model})
+
+    def _runtime(self):
+        """The classifier's logits exported to ONNX once (cached beside the weights in ``onnx/``, keyed by their
+        fingerprint, as the encoder's towers are) and run by ONNX Runtime (fp32) or OpenVINO (``precision``)."""
+        path = exported(self.model, cache_dir(self.source), f"cross-encoder-{self.fingerprint()[:16]}", "logits")
+        if self.backend == "openvino":
+            from ..openvino_runtime import OpenVinoSession
+
+            return OpenVinoSession(path, self.precision)
+        return OnnxSession(path)
 
     @property
     def pairs_per_second(self) -> float:
@@ -130,10 +159,14 @@ class Reranker:
             rows = self._token_rows(queries, texts)
             max_tokens = self.auto_max_tokens() if self.max_tokens == "auto" else self.max_tokens
             device = self.device
-            with torch.inference_mode(), autocast(device, self.precision):
+            torch_precision = self.precision if self.runtime is None else "fp32"  # a runtime keeps its own
+            with torch.inference_mode(), autocast(device, torch_precision):
                 for idx in plan_batches(rows.lengths, self.batch_size, max_tokens):
                     batch = rows.batch(idx)
-                    logits = self.model(**{k: batch[k].to(device) for k in self._inputs if k in batch}).logits
+                    if self.runtime is None:
+                        logits = self.model(**{k: batch[k].to(device) for k in self._inputs if k in batch}).logits
+                    else:
+                        logits = self.runtime({k: batch[k] for k in self._inputs if k in batch})
                     out[idx] = logits[:, 0].float().cpu().numpy()
         with self._count:
             self.pairs += len(texts)

@@ -94,7 +94,7 @@ class Retriever:
              precision: str = "auto", backend: str | None = None,
              max_tokens: int | str | None = "auto", encoder=None, rerank: str | Path | Reranker | None = None,
              rerank_depth: int = DEFAULT_RERANK_DEPTH, rerank_max_tokens: int | str | None = "auto",
-             rerank_max_length: int | None = None) -> "Retriever":
+             rerank_max_length: int | None = None, rerank_backend: str = "torch") -> "Retriever":
         """Open the index at ``root`` (and its Lucene index, ``bm25/`` or the generation's, when present).
         Queries are encoded with ``backend``, by default the fastest for this CPU at ``precision``
         (:mod:`dretriever.autotune`: measured once, cached; an ``onnx-int8`` index keeps its own), or by
@@ -102,13 +102,13 @@ class Retriever:
         tokens (``auto``: the budget measured with the backend). ``rerank``: a
         CrossEncoder folder or hub id (or a loaded :class:`Reranker`) reranking each search's top ``rerank_depth``
         in batches of ``rerank_max_tokens`` padded tokens, pairs truncated to ``rerank_max_length`` tokens
-        (default: the model's), at ``precision``; loaded first, so a bad model fails before the index opens."""
+        (default: the model's), at ``precision``, on ``rerank_backend`` (torch | onnx | openvino); loaded first, so a bad model fails before the index opens."""
         root = Path(root)
         check_rerank_depth(rerank_depth)
         reranker = rerank
         if rerank is not None and not isinstance(rerank, Reranker):
             reranker = Reranker.load(rerank, max_length=rerank_max_length, max_tokens=rerank_max_tokens,
-                                     precision=precision)
+                                     precision=precision, backend=rerank_backend)
         index = ShardedIndex.open(root, verify=verify)
         if encoder is None:
             encoder = encoder_for_index(index.manifest, root, model, backend)
