@@ -79,7 +79,7 @@ class LoadArgs:
                                                     "ones pay one-time costs (Ray: the groups' first open)"})
     rerank: str | None = field(default=None, metadata={
         "help": "a cross-encoder for the server's --rerank: the load then runs twice on that one server, the first "
-                "stage alone and with \"rerank\": true, reported side by side (engine local)"})
+                "stage alone and with \"rerank\": true, reported side by side"})
     rerank_depth: int = field(default=20, metadata={"help": "the server's --rerank_depth: hits a reranked search "
                                                             "rescores"})
     timeout: float = field(default=60.0, metadata={"help": "seconds a request may take before it counts as an "
@@ -94,8 +94,6 @@ class LoadArgs:
             raise DretrieverError("compare_batching: one engine at a time")
         if self.kill_group_after and not 0 < self.kill_group_after < self.duration:
             raise DretrieverError("kill_group_after must lie inside the run's duration")
-        if self.rerank and self.engine != "local":
-            raise DretrieverError("rerank: the ray engine has no reranker deployment; use --engine local")
         if self.rerank_depth < self.k:
             raise DretrieverError(f"rerank_depth: at least k ({self.k}), got {self.rerank_depth}")
 

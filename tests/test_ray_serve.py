@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import query_texts, small_datastore
+from tests.conftest import assert_same_ranking, query_texts, small_datastore
+from tests.rerank_helpers import make_keyword_reranker
 from tests.test_server import same_answers, serving
 
 from dretriever.search.retriever import Retriever
@@ -26,6 +27,7 @@ from dretriever.search.server import create_app
 KEY = "ray-key-789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LIMITS = dict(max_k=50, max_batch=4, max_query_chars=300, max_body_bytes=2000)
+RERANK_DEPTH = 20  # both servers' --rerank_depth
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +47,23 @@ def retriever(datastore) -> Retriever:
 
 
 @pytest.fixture(scope="module")
-def local(retriever, datastore):
-    with serving(create_app(retriever, name=datastore.name, api_key=KEY, **LIMITS)) as client:
+def keyword_ce(tmp_path_factory, scifact_small) -> Path:
+    """A tiny cross-encoder trained to score passages holding a keyword high (both servers' --rerank)."""
+    words = sorted({w for q in query_texts(scifact_small, 40) for w in q.lower().split() if w.isalpha()})
+    return make_keyword_reranker(tmp_path_factory.mktemp("ce") / "keyword-ce", words, steps=20)
+
+
+@pytest.fixture(scope="module")
+def local(datastore, keyword_ce):
+    """The single-process server, with the same reranker as the Ray app (first-stage requests ignore it)."""
+    reranking = Retriever.load(datastore, precision="fp32", rerank=keyword_ce, rerank_depth=RERANK_DEPTH)
+    with serving(create_app(reranking, name=datastore.name, api_key=KEY, **LIMITS)) as client:
         client.headers.update(AUTH)
         yield client
 
 
 @pytest.fixture(scope="module")
-def on_ray(ray_cluster, datastore):
+def on_ray(ray_cluster, datastore, keyword_ce):
     """The Ray Serve app (2 shard groups of 2 shards) on a free port of 127.0.0.1; yields an HTTP client."""
     from ray import serve
 
@@ -63,7 +74,8 @@ def on_ray(ray_cluster, datastore):
     port = sock.getsockname()[1]
     sock.close()
     app = application(datastore, api_key=KEY, shard_groups=2, precision="fp32", group_timeout_s=10,
-                      micro_batch=8, micro_batch_wait_ms=50, **LIMITS)
+                      micro_batch=8, micro_batch_wait_ms=50, rerank=str(keyword_ce), rerank_depth=RERANK_DEPTH,
+                      **LIMITS)
     run(app, host="127.0.0.1", port=port)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60) as client:
@@ -103,6 +115,51 @@ def test_search_and_batch_search_answer_as_the_single_process_server(on_ray, loc
     got, expected = on_ray.post("/search", json=body), local.post("/search", json=body)
     assert got.status_code == 200 and all(h["doc_id"].startswith("1") for h in got.json()["hits"])
     same_answers([got.json()], [expected.json()])
+
+
+def test_reranked_searches_and_rerank_answer_as_the_single_process_server(on_ray, local, queries):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    def same_reranked(got: list[dict], expected: list[dict]) -> None:
+        for a, b in zip(got, expected):
+            assert_same_ranking([h["id"] for h in a], [h["score"] for h in a], [h["id"] for h in b],
+                                [h["score"] for h in b], atol=1e-5)
+            assert all(h["first_stage_score"] is not None for h in a)
+            by_id = {h["id"]: h for h in b}
+            for h in a:
+                if h["id"] in by_id:
+                    assert h["first_stage_score"] == pytest.approx(by_id[h["id"]]["first_stage_score"], abs=1e-5)
+                    assert h["text"] == by_id[h["id"]]["text"]
+
+    for mode in ("dense", "hybrid"):
+        body = {"query": queries[0], "k": 6, "mode": mode, "rerank": True}
+        got, expected = on_ray.post("/search", json=body), local.post("/search", json=body)
+        assert got.status_code == expected.status_code == 200, got.text
+        same_reranked([got.json()["hits"]], [expected.json()["hits"]])
+        first = on_ray.post("/search", json={**body, "rerank": False, "k": RERANK_DEPTH}).json()["hits"]
+        assert {h["id"] for h in got.json()["hits"]} <= {h["id"] for h in first}  # reordered first-stage hits
+    body = {"queries": queries[:4], "k": 5, "rerank": True, "rerank_depth": 10}
+    got, expected = on_ray.post("/batch_search", json=body), local.post("/batch_search", json=body)
+    assert got.status_code == 200, got.text
+    same_reranked(got.json()["results"], expected.json()["results"])
+    texts = ["a passage about cells and mitochondria", queries[1], "nothing at all"]
+    got = on_ray.post("/rerank", json={"query": queries[1], "texts": texts})
+    expected = local.post("/rerank", json={"query": queries[1], "texts": texts}).json()
+    assert got.status_code == 200 and got.json()["model"] == expected["model"]
+    assert got.json()["scores"] == pytest.approx(expected["scores"], abs=1e-5)
+    body = {"query": queries[0], "k": RERANK_DEPTH + 1, "rerank": True}  # k above the depth
+    bad, bad_local = on_ray.post("/search", json=body), local.post("/search", json=body)
+    assert bad.status_code == bad_local.status_code and 400 <= bad.status_code < 500
+    assert bad.json() == bad_local.json() and "rerank_depth" in bad.text
+    scorer = serve.get_deployment_handle("CrossEncoderScorer", app_name="dretriever")
+    before = scorer.stats.remote().result()["batches"]
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda q: on_ray.post("/search", json={"query": q, "k": 3, "rerank": True}).json(),
+                              queries))
+    assert all(len(f["hits"]) == 3 for f in found)
+    assert 1 <= scorer.stats.remote().result()["batches"] - before < len(queries)  # gathered by @serve.batch
 
 
 @pytest.mark.parametrize("mode", ["bm25", "hybrid"])

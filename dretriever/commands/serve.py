@@ -5,7 +5,7 @@ application (``ray/serve.py``: a batching query encoder, ``--shard_groups`` depl
 shards, an ingress merging their top-k) in the cluster at ``--address`` (default: a local one), until interrupted.
 Binds to 127.0.0.1 unless ``--host`` says otherwise. With ``DRETRIEVER_API_KEY`` set in the environment
 every request must carry that key. ``--rerank MODEL`` loads a cross-encoder (a sentence-transformers CrossEncoder
-folder) for ``"rerank": true`` searches and ``POST /rerank`` (local engine); ``--rescore R`` is the index's own
+folder) for ``"rerank": true`` searches and ``POST /rerank`` (on Ray: a reranker deployment); ``--rescore R`` is the index's own
 exact re-scoring of approximate candidates (named ``--rerank R`` before reranking by a model existed).
 """
 
@@ -103,8 +103,6 @@ class ServeArgs:
         if self.rerank is not None and self.rerank.isdigit() and not Path(self.rerank).exists():
             raise DretrieverError(f"rerank: names a cross-encoder now, got {self.rerank!r}; re-scoring the top "
                                   f"approximate candidates from the kept vectors is --rescore {self.rerank}")
-        if self.rerank is not None and self.engine == "ray":
-            raise DretrieverError("rerank: the ray engine has no reranker deployment; serve with --engine local")
         if self.rerank_depth < 1:
             raise DretrieverError(f"rerank_depth: must be positive, got {self.rerank_depth}")
         parse_max_tokens(self.rerank_max_tokens)
@@ -158,7 +156,10 @@ def serve_on_ray(args: ServeArgs) -> int:
                                 mode=args.mode, fusion=args.fusion, alpha=args.alpha, model=args.model,
                                 precision=args.precision, backend=args.backend, micro_batch=args.micro_batch,
                                 micro_batch_wait_ms=args.micro_batch_wait_ms, search_params=params,
-                                group_timeout_s=args.group_timeout_s)
+                                group_timeout_s=args.group_timeout_s, rerank=args.rerank,
+                                rerank_depth=args.rerank_depth,
+                                rerank_max_tokens=parse_max_tokens(args.rerank_max_tokens),
+                                rerank_max_length=args.rerank_max_length, rerank_backend=args.rerank_backend)
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 

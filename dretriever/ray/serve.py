@@ -26,6 +26,9 @@ With a BM25 index (``bm25/``, ``datastore build --bm25 true``) a ``Lexical`` dep
 searcher (per generation, like the groups), and the ingress serves ``bm25`` (text of each hit: the live row in
 the first shard holding it, asked of every group) and ``hybrid`` (the dense and BM25 runs to ``fusion_depth``,
 fused by ``search/fusion.py`` as the Retriever does); without one those modes get the Retriever's 400.
+
+With ``--rerank MODEL`` a ``CrossEncoderScorer`` deployment (``ray/rerank.py``) reranks: the groups return the
+first stage's top ``rerank_depth`` and the scorer's logits reorder them, as the single-process server does.
 """
 
 from __future__ import annotations
@@ -49,7 +52,10 @@ from ..search.batcher import DEFAULT_MAX_WAIT_MS
 from ..search.bm25 import BM25Searcher
 from ..search.dense import encoder_for_index
 from ..search.fusion import fuse
-from ..search.retriever import FUSIONS, MODES, Hit, check_queries, make_hits
+from ..search.rerank import Reranker
+from ..search.retriever import (DEFAULT_RERANK_DEPTH, FUSIONS, MODES, Hit, check_queries, check_rerank_depth,
+                                make_hits, search_rerank_depth)
+from .rerank import CrossEncoderScorer, pair_texts, rerank_rows
 
 log = logging.getLogger(__name__)
 APP_NAME = "dretriever"
@@ -226,8 +232,11 @@ def open_shards(root: Path) -> list[str]:
 class RayBackend:
     """The ``search/backend.py`` operations over the deployments' handles (inside the ingress replica)."""
 
-    def __init__(self, config: dict, encoder, groups: list, lexical=None):
+    def __init__(self, config: dict, encoder, groups: list, lexical=None, scorer=None):
         self.root, self.encoder, self.groups, self.lexical = config["root"], encoder, groups, lexical
+        self.scorer = scorer  # the CrossEncoderScorer handle (ray/rerank.py), or None
+        self.reranker = config.get("reranker") if scorer is not None else None  # read by create_app
+        self.rerank_depth = config.get("rerank_depth") if scorer is not None else None
         self.filter_keys, self.model = config["filter_keys"], config["model"]
         self.mode, self.fusion, self.alpha = config["mode"], config["fusion"], config["alpha"]
         self.fusion_depth, self.timeout_s = config["fusion_depth"], config["group_timeout_s"]
@@ -361,22 +370,41 @@ class RayBackend:
             await self._sync(force=generation == self.generation)  # a replacement opened a newer generation
         raise Unavailable("the shard groups are changing generation; retry")
 
-    async def search(self, query: str, k: int, mode: str | None, filter: dict | None):
+    async def _reranked(self, queries: list[str], rows: list[list[dict]], k: int) -> list[list[dict]]:
+        """The first stage's ``rows`` reordered by the cross-encoder (one scorer call per query, gathered into
+        the scorer's batches), the best ``k`` kept."""
+        scores = await asyncio.gather(*[self._call("reranker", self.scorer.score_one.remote((q, pair_texts(row))))
+                                        for q, row in zip(queries, rows)])
+        return rerank_rows(rows, scores, k)
+
+    async def search(self, query: str, k: int, mode: str | None, filter: dict | None, rerank: bool = False,
+                     rerank_depth: int | None = None):
         mode = self._check([query], k, mode, filter)
+        depth = search_rerank_depth(rerank, rerank_depth, k, self.scorer is not None, self.rerank_depth)
         vectors = None
         if mode != "bm25":
             vector = await self._call("query encoder", self.encoder.encode_one.remote(query))
             vectors = np.asarray(vector, dtype=np.float32)[None, :]
-        rows, generation = await self._answer([query], vectors, k, mode, filter)
+        rows, generation = await self._answer([query], vectors, depth or k, mode, filter)
+        if depth:
+            rows = await self._reranked([query], rows, k)
         return rows[0], generation
 
-    async def batch_search(self, queries: list[str], k: int, mode: str | None, filter: dict | None):
+    async def batch_search(self, queries: list[str], k: int, mode: str | None, filter: dict | None,
+                           rerank: bool = False, rerank_depth: int | None = None):
         mode = self._check(queries, k, mode, filter)
+        depth = search_rerank_depth(rerank, rerank_depth, k, self.scorer is not None, self.rerank_depth)
         vectors = None
         if mode != "bm25":
             vectors = np.asarray(await self._call("query encoder", self.encoder.encode_many.remote(queries)),
                                  dtype=np.float32)
-        return await self._answer(queries, vectors, k, mode, filter)
+        rows, generation = await self._answer(queries, vectors, depth or k, mode, filter)
+        if depth:
+            rows = await self._reranked(queries, rows, k)
+        return rows, generation
+
+    async def rerank(self, query: str, texts: list[str]) -> list[float]:
+        return await self._call("reranker", self.scorer.score_one.remote((query, texts)))
 
     async def health(self) -> dict:
         await self._sync()
@@ -409,9 +437,9 @@ def merge(parts: list[list[list[dict]]], k: int) -> list[list[dict]]:
 class Ingress:
     """The HTTP API (``create_app``) over the encoder and shard-group handles."""
 
-    def __init__(self, config: dict, encoder, lexical, *groups):
+    def __init__(self, config: dict, encoder, lexical, scorer, *groups):
         self.config = config
-        self.backend = RayBackend(config, encoder, list(groups), lexical)
+        self.backend = RayBackend(config, encoder, list(groups), lexical, scorer)
 
     def __serve_build_asgi_app__(self):
         from ..search.server import create_app
@@ -428,11 +456,14 @@ def application(root: str | Path, *, name: str | None = None, api_key: str | Non
                 fusion_depth: int = 100, model: str | None = None, precision: str = "auto", batch_size: int = 128,
                 max_tokens: int | str | None = "auto", backend: str | None = None, micro_batch: int = 32,
                 micro_batch_wait_ms: float = DEFAULT_MAX_WAIT_MS, search_params: dict | None = None,
-                group_timeout_s: float = 30.0, num_cpus: dict | None = None):
+                group_timeout_s: float = 30.0, num_cpus: dict | None = None, rerank: str | None = None,
+                rerank_depth: int = DEFAULT_RERANK_DEPTH, rerank_max_tokens: int | str | None = "auto",
+                rerank_max_length: int | None = None, rerank_backend: str = "torch"):
     """The Serve application for the datastore at ``root`` (bind it with :func:`run`). ``shard_groups`` 0: the
     default, ``min(shards, 2)``; ``mode``: the default mode, ``fusion``/``alpha``/``fusion_depth``: hybrid's, as
-    in :class:`Retriever`; ``num_cpus``: logical CPUs per replica of ``encoder``, ``group``, ``lexical``,
-    ``ingress``."""
+    in :class:`Retriever`; ``rerank``: a cross-encoder for a ``CrossEncoderScorer`` deployment (loaded here
+    first, so a bad model fails before anything deploys), with ``Retriever.load``'s rerank settings;
+    ``num_cpus``: logical CPUs per replica of ``encoder``, ``group``, ``lexical``, ``reranker``, ``ingress``."""
     root = Path(root).resolve()
     manifest = mf.read_manifest(root)
     num_shards = len(manifest["shards"])
@@ -444,7 +475,15 @@ def application(root: str | Path, *, name: str | None = None, api_key: str | Non
         raise DretrieverError(f"mode: {mode!r} is not one of {MODES} or needs a BM25 index ({BM25_DIR}/)")
     if fusion not in FUSIONS or not 0.0 <= alpha <= 1.0:
         raise DretrieverError(f"fusion: expected one of {FUSIONS} with alpha in [0, 1], got {fusion!r}, {alpha}")
-    cpus = {"encoder": 0.5, "group": 0.25, "lexical": 0.25, "ingress": 0.25, **(num_cpus or {})}
+    cpus = {"encoder": 0.5, "group": 0.25, "lexical": 0.25, "reranker": 0.5, "ingress": 0.25, **(num_cpus or {})}
+    scorer, reranker = None, None
+    if rerank is not None:
+        check_rerank_depth(rerank_depth)
+        settings = {"max_length": rerank_max_length, "max_tokens": rerank_max_tokens, "precision": precision,
+                    "backend": rerank_backend}
+        reranker = Reranker.load(rerank, **settings).name  # a bad model: an error here, not at a request
+        scorer = CrossEncoderScorer.options(ray_actor_options={"num_cpus": cpus["reranker"]}).bind(
+            str(rerank), settings, micro_batch, micro_batch_wait_ms)
     encoder = QueryEncoder.options(ray_actor_options={"num_cpus": cpus["encoder"]}).bind(
         str(root), model, {"batch_size": batch_size, "precision": precision, "max_tokens": max_tokens,
                            "backend": backend}, micro_batch, micro_batch_wait_ms)
@@ -454,10 +493,10 @@ def application(root: str | Path, *, name: str | None = None, api_key: str | Non
               "max_batch": max_batch, "max_query_chars": max_query_chars, "max_body_bytes": max_body_bytes,
               "filter_keys": manifest.get("filter_keys") or {}, "mode": mode, "fusion": fusion, "alpha": alpha,
               "fusion_depth": fusion_depth, "model": str((manifest.get("encoder") or {}).get("model")),
-              "group_timeout_s": group_timeout_s}
+              "group_timeout_s": group_timeout_s, "reranker": reranker, "rerank_depth": rerank_depth}
     lexical = Lexical.options(ray_actor_options={"num_cpus": cpus["lexical"]}).bind(str(root)) if has_bm25 else None
     return serve.deployment(Ingress, max_ongoing_requests=512, ray_actor_options={"num_cpus": cpus["ingress"]}).bind(
-        config, encoder, lexical, *group_apps)
+        config, encoder, lexical, scorer, *group_apps)
 
 
 def run(app, host: str = "127.0.0.1", port: int = 8000, name: str = APP_NAME, log_level: str = "info"):

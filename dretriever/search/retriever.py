@@ -74,6 +74,25 @@ def check_rerank_depth(depth) -> int:
     return depth
 
 
+def search_rerank_depth(rerank: bool | None, depth: int | None, k: int, loaded: bool, default_depth: int) -> int:
+    """The rerank depth of a search (0: the first stage alone), checked before any work: ``rerank`` (None:
+    whether a reranker is ``loaded``), ``depth`` (None: ``default_depth``) and ``k`` no larger than it."""
+    if rerank is None:
+        rerank = loaded
+    if not isinstance(rerank, bool):
+        raise DretrieverError(f"rerank: expected true or false, got {rerank!r}")
+    if not rerank:
+        return 0
+    if not loaded:
+        raise DretrieverError("rerank: no reranker is loaded (Retriever.load(..., rerank=MODEL); "
+                              "dretriever serve --rerank MODEL)")
+    depth = check_rerank_depth(default_depth if depth is None else depth)
+    if k > depth:
+        raise DretrieverError(f"k: {k} is more than rerank_depth {depth}; a reranked search returns at most "
+                              "the reranked hits (raise rerank_depth or ask for fewer)")
+    return depth
+
+
 class Retriever:
     def __init__(self, dense: DenseSearcher, bm25: BM25Searcher | None = None, mode: str = "dense",
                  fusion: str = "rrf", alpha: float = 0.5, fusion_depth: int = 100, reranker: Reranker | None = None,
@@ -208,21 +227,7 @@ class Retriever:
 
     # ------------------------------------------------------------------ internals
     def _check_rerank(self, rerank: bool | None, depth: int | None, k: int) -> int:
-        """The rerank depth of a search (0: the first stage alone), checked before any work."""
-        if rerank is None:
-            rerank = self.reranker is not None
-        if not isinstance(rerank, bool):
-            raise DretrieverError(f"rerank: expected true or false, got {rerank!r}")
-        if not rerank:
-            return 0
-        if self.reranker is None:
-            raise DretrieverError("rerank: no reranker is loaded (Retriever.load(..., rerank=MODEL); "
-                                  "dretriever serve --rerank MODEL)")
-        depth = check_rerank_depth(self.rerank_depth if depth is None else depth)
-        if k > depth:
-            raise DretrieverError(f"k: {k} is more than rerank_depth {depth}; a reranked search returns at most "
-                                  "the reranked hits (raise rerank_depth or ask for fewer)")
-        return depth
+        return search_rerank_depth(rerank, depth, k, self.reranker is not None, self.rerank_depth)
 
     def _rerank(self, queries: list[str], first: list[list[Hit]], k: int) -> list[list[Hit]]:
         """Each query's first-stage hits scored by the cross-encoder (one pass over every pair), best ``k`` kept."""

@@ -27,7 +27,7 @@ reranks the first stage's top ``rerank_depth`` (default and most: the server's `
 carry the cross-encoder's logit as ``score`` and the first stage's as ``first_stage_score``; ``POST /rerank``
 scores a query against up to ``--rerank_depth`` texts. Concurrent reranked searches are micro-batched like the
 others (one first stage, then every pair of the batch in one token-budget pass), and so are concurrent
-``/rerank`` requests. Without a reranker both answer 400 naming ``rerank``. (The Ray engine has no reranker.)
+``/rerank`` requests. Without a reranker both answer 400 naming ``rerank``. (Ray: ``ray/rerank.py``.)
 """
 
 
