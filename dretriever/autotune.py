@@ -120,10 +120,10 @@ def measure(encoder: BiEncoder, precision: str, queries: list[str] | None = None
             backends: tuple[str, ...] | None = None, budgets: tuple[int, ...] = BUDGETS,
             rounds: int = ROUNDS) -> dict[str, float]:
     """Queries per second of every ``backend@budget``: the median over ``rounds`` interleaved rounds, each
-    candidate warmed up once first (export, compile and first-call costs are not counted)."""
+    candidate warmed up once first (export, compile and first-call costs are not counted). A backend that fails
+    (an export that does not trace this architecture, say) is left out with a warning."""
     queries = queries if queries is not None else sample_queries(encoder.tokenizer)
-    towers = {b: encoder.with_backend(b) for b in (backends or candidates(precision))}
-    runs = [(b, t) for b in towers for t in budgets]
+    towers = {}
 
     def encode(backend: str, budget: int) -> float:
         start = time.perf_counter()
@@ -131,8 +131,18 @@ def measure(encoder: BiEncoder, precision: str, queries: list[str] | None = None
                                        progress=False)
         return time.perf_counter() - start
 
-    for run in runs:
-        encode(*run)
+    for backend in backends or candidates(precision):
+        try:  # the warm-up of each budget; a backend that cannot run this model is left out, not fatal
+            towers[backend] = encoder.with_backend(backend)
+            for budget in budgets:
+                encode(backend, budget)
+        except Exception as e:  # noqa: BLE001 - an export or runtime failure of an optional accelerator
+            towers.pop(backend, None)
+            log.warning("autotune: backend %s left out for this model (%s: %s)", backend, type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "")
+    if not towers:
+        raise DretrieverError(f"autotune: no backend of {backends or candidates(precision)} could encode queries")
+    runs = [(b, t) for b in towers for t in budgets]
     seconds: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
     for _ in range(rounds):
         for run in runs:

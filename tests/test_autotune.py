@@ -57,6 +57,16 @@ def test_the_fastest_setting_is_measured_once_over_every_candidate_then_read_fro
     assert unpinned.stat().st_mtime_ns == stamp  # read, not measured and written again
 
 
+def test_a_backend_that_cannot_run_the_model_is_left_out_with_a_warning(model, caplog):
+    encoder = BiEncoder.from_pretrained(model)
+    with caplog.at_level("WARNING", logger="dretriever.autotune"):  # onnx-int8 without calibration passages fails
+        qps = autotune.measure(encoder, "fp32", backends=("onnx-int8", "torch"), budgets=(256,), rounds=1)
+    assert list(qps) == ["torch@256"] and qps["torch@256"] > 0
+    assert "backend onnx-int8 left out" in caplog.text and "calibration" in caplog.text
+    with pytest.raises(DretrieverError, match="no backend of"):
+        autotune.measure(encoder, "fp32", backends=("onnx-int8",), budgets=(256,), rounds=1)
+
+
 def test_the_key_changes_with_precision_weights_and_threads(model, tmp_path, monkeypatch):
     encoder = BiEncoder.from_pretrained(model)
     other = BiEncoder.from_pretrained(make_tiny_bert(tmp_path / "other", seed=1))
