@@ -42,7 +42,7 @@ class ServeArgs:
                                                              "openvino: auto | fp32)"})
     backend: str | None = field(default=None, metadata={
         "help": "query inference backend: torch | onnx | onnx-int8 | openvino (default: the fastest for this CPU at "
-                "--precision, measured once and cached: dretriever.autotune; under --ray: the manifest's)"})
+                "--precision, measured once and cached: dretriever.autotune)"})
     max_k: int = field(default=1000, metadata={"help": "largest k a request may ask for, in hits (larger: 422)"})
     max_batch: int = field(default=64, metadata={"help": "most queries in one /batch_search request (more: 422)"})
     max_query_chars: int = field(default=2000, metadata={"help": "longest query, in characters (longer: 422)"})

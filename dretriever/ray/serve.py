@@ -3,9 +3,10 @@
 The deployments, each a Ray actor (replica) that Serve restarts when it dies:
 
 - ``QueryEncoder``: the index's query encoder (``encoder_for_index``, encoding with ``encode_queries`` and the
-  same batch size, precision and token budget as ``search/dense.py``, so the vectors are the single-process
-  server's). Concurrent ``/search`` queries are gathered by ``@serve.batch`` (``--micro_batch`` queries at most,
-  waiting at most ``--micro_batch_wait_ms``); a ``/batch_search`` is encoded in one call.
+  same batch size, precision and token budget as ``search/dense.py``, on the backend ``Retriever.load`` would
+  pick on the replica's CPU, so the vectors are the single-process server's). Concurrent ``/search`` queries
+  are gathered by ``@serve.batch`` (``--micro_batch`` queries at most, waiting at most
+  ``--micro_batch_wait_ms``); a ``/batch_search`` is encoded in one call.
 - ``ShardGroupN`` (``--shard_groups``, default ``min(shards, 2)``): the shards of the datastore split into
   contiguous ranges (:func:`group_shards`); group N opens only its range (``ShardedIndex.open(select=...)``,
   global shard numbers kept in its hits) and returns its exact top-k with text and metadata from its own
@@ -42,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from ray import serve
 
+from ..autotune import query_encoder
 from ..errors import DretrieverError, Unavailable
 from ..index import manifest as mf
 from ..index.datastore import BM25_DIR
@@ -84,6 +86,11 @@ class QueryEncoder:
         manifest = mf.read_manifest(root)
         self.encoder = encoder_for_index(manifest, root, model, settings.get("backend"))
         self.settings = {k: v for k, v in settings.items() if k != "backend"}  # batch_size, precision, max_tokens
+        if settings.get("backend") is None:  # the fastest for this replica's CPU, as Retriever.load picks it
+            built = (manifest["encoder"] or {}).get("backend", "torch")
+            self.encoder, budget = query_encoder(self.encoder, self.settings.get("precision", "auto"), built)
+            if self.settings.get("max_tokens", "auto") == "auto":
+                self.settings["max_tokens"] = budget
         self.encode_one.set_max_batch_size(max(1, micro_batch))
         self.encode_one.set_batch_wait_timeout_s(wait_ms / 1000 if micro_batch > 1 else 0.0)
         self._lock = threading.Lock()
