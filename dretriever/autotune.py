@@ -53,6 +53,7 @@ CACHE_NAME = "query_backend.json"
 CANDIDATES = ("torch", "onnx", "openvino")
 BUDGETS = (512, 1024, 2048, 4096)  # padded tokens per query batch
 SAMPLE, ROUNDS, SEED = 256, 3, 0
+BATCH_SIZE = 128  # queries per batch at most, Retriever.load's default: the budget decides below it
 # the SIMD features that decide which kernels the backends run (a CPU with the same model name but a
 # different hypervisor mask is a different machine to them)
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
@@ -127,7 +128,7 @@ def measure(encoder: BiEncoder, precision: str, queries: list[str] | None = None
 
     def encode(backend: str, budget: int) -> float:
         start = time.perf_counter()
-        towers[backend].encode_queries(queries, batch_size=len(queries), precision=precision, max_tokens=budget,
+        towers[backend].encode_queries(queries, batch_size=BATCH_SIZE, precision=precision, max_tokens=budget,
                                        progress=False)
         return time.perf_counter() - start
 
