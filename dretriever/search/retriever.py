@@ -121,7 +121,8 @@ class Retriever:
         tokens (``auto``: the budget measured with the backend). ``rerank``: a
         CrossEncoder folder or hub id (or a loaded :class:`Reranker`) reranking each search's top ``rerank_depth``
         in batches of ``rerank_max_tokens`` padded tokens, pairs truncated to ``rerank_max_length`` tokens
-        (default: the model's), at ``precision``, on ``rerank_backend`` (torch | onnx | openvino); loaded first, so a bad model fails before the index opens."""
+        (default: the model's), at ``precision``, on ``rerank_backend`` (torch | onnx | openvino); loaded first,
+        so a bad model fails before the index opens."""
         root = Path(root)
         check_rerank_depth(rerank_depth)
         reranker = rerank
