@@ -46,7 +46,7 @@ from .data.beir import BeirDataset, load_beir
 from .data.ids import check_id
 from .data.jsonl import read_jsonl, required_id
 from .errors import DataError, DretrieverError
-from .index.atomic import fsync_dir, write_json_atomic
+from .atomic import fsync_dir, write_json_atomic
 from .search.types import Run
 
 log = logging.getLogger(__name__)

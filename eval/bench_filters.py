@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:  # run as a script: make ``eval`` importable
 
 from dretriever.cli import parse, run_script  # noqa: E402
 from dretriever.data.beir import Document  # noqa: E402
-from dretriever.index.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from dretriever.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from dretriever.index.build import Batch, ShardedSource, build_index  # noqa: E402
 from dretriever.index.sharded import ShardedIndex  # noqa: E402
 

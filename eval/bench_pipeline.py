@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:  # run as a script: make ``eval`` and ``tests`` im
 
 from dretriever.cli import parse, run_script  # noqa: E402
 from dretriever.index import manifest as mf  # noqa: E402
-from dretriever.index.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from dretriever.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from eval.bench_scale import PeakRss, machine  # noqa: E402
 
 STAGES = ["read", "chunk", "tokenize", "encode", "write", "spool", "index", "checksum", "load", "other"]

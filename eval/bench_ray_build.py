@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dretriever.cli import parse, run_script  # noqa: E402
-from dretriever.index.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from dretriever.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from eval.hardware import describe, machine  # noqa: E402
 
 

@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
 
 from dretriever.cli import parse, run_script  # noqa: E402
 from dretriever.index import manifest as mf  # noqa: E402
-from dretriever.index.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from dretriever.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 
 
 @dataclass

@@ -38,7 +38,7 @@ from dretriever import pyserini_env
 from dretriever.cli import parse, run_script
 from dretriever.data.beir import load_beir
 from dretriever.errors import DretrieverError
-from dretriever.index.atomic import write_json_atomic
+from dretriever.atomic import write_json_atomic
 from dretriever.index.sharded import Shard, ShardedIndex
 from dretriever.models import resolve_model
 from dretriever.encoder import autocast, autocast_dtype

@@ -43,7 +43,7 @@ import numpy as np
 from dretriever.cli import parse, run_script
 from dretriever.data.beir import load_queries
 from dretriever.errors import DretrieverError
-from dretriever.index.atomic import write_json_atomic, write_text_atomic
+from dretriever.atomic import write_json_atomic, write_text_atomic
 from dretriever.search.batcher import DEFAULT_MAX_WAIT_MS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_process import serving  # noqa: E402
 
 from dretriever.cli import parse, run_script  # noqa: E402
-from dretriever.index.atomic import write_text_atomic  # noqa: E402
+from dretriever.atomic import write_text_atomic  # noqa: E402
 
 
 @dataclass

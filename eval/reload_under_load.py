@@ -32,7 +32,7 @@ import numpy as np
 
 from dretriever.cli import parse, run_script
 from dretriever.data.beir import load_queries
-from dretriever.index.atomic import write_json_atomic, write_text_atomic
+from dretriever.atomic import write_json_atomic, write_text_atomic
 from dretriever.index.changes import read_ids
 from dretriever.search.server import API_KEY_ENV, GENERATION_HEADER
 

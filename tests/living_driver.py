@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from dretriever.index.atomic import write_json_atomic
+from dretriever.atomic import write_json_atomic
 from dretriever.index.changes import add_documents, delete_documents
 from dretriever.index.datastore import DatastoreArgs, build_datastore
 

@@ -275,6 +275,35 @@ def test_a_killed_shard_group_gives_a_503_naming_it_then_the_service_recovers(on
     print(f"recovered in {recovered:.1f} s; statuses seen: {dict(sorted(Counter(seen).items()))}")
 
 
+def test_health_is_a_503_naming_the_query_encoder_until_it_answers(on_ray, datastore):
+    """Serve's proxy routes to an application's ingress as soon as the ingress is up, before its other
+    deployments are: the query encoder measuring its backend on a new CPU took over 30 s in CI, while /health
+    already answered 200 and searches got 503s. Here the encoder asks for more CPUs than the cluster has, so it
+    never starts: /health must say so (503 naming it), as must a search, instead of 200."""
+    from ray import serve
+    from ray.serve.api import _run
+
+    from dretriever.ray.serve import application
+
+    app = application(datastore, api_key=KEY, shard_groups=1, precision="fp32", group_timeout_s=2,
+                      num_cpus={"encoder": 64}, **LIMITS)
+    _run(app, _blocking=False, name="encoder-pending", route_prefix="/pending")  # not waiting for RUNNING
+    try:
+        deadline = time.time() + 90
+        # until the proxy routes to it (404 before) and its groups and BM25 index are up (503s naming them)
+        while (health := on_ray.get("/pending/health")).status_code == 404 or (
+                health.status_code == 503 and "query encoder" not in health.json()["error"]):
+            assert time.time() < deadline, f"the pending application did not come up: {health.text}"
+            time.sleep(0.5)
+        assert health.status_code == 503, health.text
+        assert "query encoder unavailable" in health.json()["error"]
+        search = on_ray.post("/pending/search", json={"query": "cells", "k": 3})
+        assert search.status_code == 503 and "query encoder unavailable" in search.json()["error"]
+        assert on_ray.get("/health").status_code == 200  # the running application is untouched
+    finally:
+        serve.delete("encoder-pending")
+
+
 def test_reload_moves_every_group_to_the_new_generation(on_ray, datastore, tmp_path, queries):
     """Last: it changes the datastore (a new generation with a fifth shard, so the groups' ranges move)."""
     from dretriever.index.changes import add_documents

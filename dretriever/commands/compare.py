@@ -24,7 +24,7 @@ from ..evaluation.metrics import measures, score_run_per_query, write_trec_qrels
 from ..evaluation.perquery import analysis, is_run_file, judged_only, read_per_query, write_per_query
 from ..evaluation.report import significance_markdown
 from ..evaluation.significance import RESAMPLES, SEED, compare_all, describe
-from ..index.atomic import write_json_atomic, write_text_atomic
+from ..atomic import write_json_atomic, write_text_atomic
 from ..search.types import read_trec_run
 
 SUFFIXES = (".perquery.tsv", ".trec", ".run", ".txt", ".tsv")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..errors import DataError
-from ..index.atomic import write_text_atomic
+from ..atomic import write_text_atomic
 from .ids import check_id
 from .jsonl import read_jsonl
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import pyserini_env
 from ..data.beir import load_qrels
 from ..errors import DretrieverError
-from ..index.atomic import write_text_atomic
+from ..atomic import write_text_atomic
 
 # trec_eval's -m arguments, and the names it prints for them.
 METRICS = {"ndcg_cut.10": "ndcg_cut_10", "recall.100": "recall_100", "recall.1000": "recall_1000"}

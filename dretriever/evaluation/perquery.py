@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data.lines import read_lines
 from ..errors import DataError
-from ..index.atomic import write_text_atomic
+from ..atomic import write_text_atomic
 from ..search.types import Run
 
 PerQuery = dict[str, dict[str, float]]  # metric -> qid -> score

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..index.atomic import write_json_atomic, write_text_atomic
+from ..atomic import write_json_atomic, write_text_atomic
 
 LABELS = {"ndcg_cut_10": "nDCG@10", "recall_100": "R@100", "recall_1000": "R@1000"}
 

@@ -24,7 +24,7 @@ from typing import Iterable, Mapping
 from .. import pyserini_env
 from ..data.beir import Document, corpus_line
 from ..errors import DretrieverError
-from .atomic import write_json_atomic
+from ..atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 

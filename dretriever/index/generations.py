@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ..errors import DretrieverError
 from . import manifest as mf
-from .atomic import file_lock, write_json_atomic
+from ..atomic import file_lock, write_json_atomic
 
 GENERATIONS = "generations"
 JOURNAL = "change.json"

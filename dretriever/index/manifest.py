@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import DretrieverError
-from .atomic import file_lock, sha256_file, write_json_atomic
+from ..atomic import file_lock, sha256_file, write_json_atomic
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"

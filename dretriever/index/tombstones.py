@@ -14,7 +14,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .atomic import fsync_dir, sha256_file
+from ..atomic import fsync_dir, sha256_file
 
 
 def tombstone_name(generation: int) -> str:

@@ -2,10 +2,10 @@
 
 The deployments, each a Ray actor (replica) that Serve restarts when it dies:
 
-- ``QueryEncoder``: the index's query encoder (``encoder_for_index``, encoding with ``encode_queries`` and the
-  same batch size, precision and token budget as ``search/dense.py``, on the backend ``Retriever.load`` would
-  pick on the replica's CPU, so the vectors are the single-process server's). Concurrent ``/search`` queries
-  are gathered by ``@serve.batch`` (``--micro_batch`` queries at most, waiting at most
+- ``QueryEncoder``: the index's query encoder (``query_side`` of ``search/dense.py``, encoding with
+  ``encode_queries`` and the same batch size, precision and token budget, on the backend ``Retriever.load``
+  would pick on the replica's CPU, so the vectors are the single-process server's). Concurrent ``/search``
+  queries are gathered by ``@serve.batch`` (``--micro_batch`` queries at most, waiting at most
   ``--micro_batch_wait_ms``); a ``/batch_search`` is encoded in one call.
 - ``ShardGroupN`` (``--shard_groups``, default ``min(shards, 2)``): the shards of the datastore split into
   contiguous ranges (:func:`group_shards`); group N opens only its range (``ShardedIndex.open(select=...)``,
@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 from ray import serve
 
-from ..autotune import query_encoder
 from ..errors import DretrieverError, Unavailable
 from ..index import manifest as mf
 from ..index.datastore import BM25_DIR
@@ -52,7 +51,7 @@ from ..index.sharded import ShardedIndex
 from ..search.backend import rss_bytes
 from ..search.batcher import DEFAULT_MAX_WAIT_MS
 from ..search.bm25 import BM25Searcher
-from ..search.dense import encoder_for_index
+from ..search.dense import query_side
 from ..search.fusion import fuse
 from ..search.rerank import Reranker
 from ..search.retriever import (DEFAULT_RERANK_DEPTH, FUSIONS, MODES, Hit, check_queries, check_rerank_depth,
@@ -83,14 +82,11 @@ class QueryEncoder:
     """The index's query encoder; ``encode_one`` is dynamically batched by ``@serve.batch``."""
 
     def __init__(self, root: str, model: str | None, settings: dict, micro_batch: int, wait_ms: float):
-        manifest = mf.read_manifest(root)
-        self.encoder = encoder_for_index(manifest, root, model, settings.get("backend"))
         self.settings = {k: v for k, v in settings.items() if k != "backend"}  # batch_size, precision, max_tokens
-        if settings.get("backend") is None:  # the fastest for this replica's CPU, as Retriever.load picks it
-            built = (manifest["encoder"] or {}).get("backend", "torch")
-            self.encoder, budget = query_encoder(self.encoder, self.settings.get("precision", "auto"), built)
-            if self.settings.get("max_tokens", "auto") == "auto":
-                self.settings["max_tokens"] = budget
+        # no backend asked for: the fastest for this replica's CPU, as Retriever.load picks it
+        self.encoder, self.settings["max_tokens"] = query_side(
+            mf.read_manifest(root), root, model, settings.get("backend"), self.settings.get("precision", "auto"),
+            self.settings.get("max_tokens", "auto"))
         self.encode_one.set_max_batch_size(max(1, micro_batch))
         self.encode_one.set_batch_wait_timeout_s(wait_ms / 1000 if micro_batch > 1 else 0.0)
         self._lock = threading.Lock()
@@ -414,8 +410,16 @@ class RayBackend:
         return await self._call("reranker", self.scorer.score_one.remote((query, texts)))
 
     async def health(self) -> dict:
+        """The groups' state, answered only once every deployment a search needs answers: the proxy routes to the
+        ingress as soon as it is up, while the query encoder (which measures its fastest backend on a CPU it has
+        not seen, about a minute: ``autotune.py``) or the reranker may still be starting. Until then a 503, so
+        that a client waiting for ``/health`` does not send its searches to a half-started application."""
         await self._sync()
         generation = self.generation
+        starting = [self._call("query encoder", self.encoder.stats.remote())]
+        if self.scorer is not None:
+            starting.append(self._call("reranker", self.scorer.stats.remote()))
+        await asyncio.gather(*starting)
         infos = await self._all("info", generation)
         return {"passages": sum(i["passages"] for i in infos), "shards": sum(len(i["shards"]) for i in infos),
                 "modes": self.modes, "model": self.model, "generation": generation, "details": infos}

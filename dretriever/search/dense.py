@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..autotune import query_encoder
 from ..encoder import BiEncoder
 from ..errors import DretrieverError
 from ..heap import gc_paused
@@ -54,6 +55,18 @@ def encoder_for_index(manifest: dict, where: str | Path, model: str | None = Non
                                         **{k: built[k] for k in SETTINGS})
     check_encoder(manifest, encoder, where)
     return encoder
+
+
+def query_side(manifest: dict, where: str | Path, model: str | None = None, backend: str | None = None,
+               precision: str = "auto", max_tokens: int | str | None = "auto") -> tuple[BiEncoder, int | str | None]:
+    """The query encoder and token budget a searcher of this index uses: :func:`encoder_for_index`, then, where no
+    ``backend`` was asked for, the fastest backend for this CPU (``autotune.py``), whose budget replaces an
+    ``"auto"`` ``max_tokens``. One place for ``Retriever.load`` and the Ray app's query encoder."""
+    encoder = encoder_for_index(manifest, where, model, backend)
+    if backend is not None:
+        return encoder, max_tokens
+    encoder, budget = query_encoder(encoder, precision, (manifest["encoder"] or {}).get("backend", "torch"))
+    return encoder, budget if max_tokens == "auto" else max_tokens
 
 
 class DenseSearcher:

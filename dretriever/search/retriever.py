@@ -27,13 +27,12 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..autotune import query_encoder
 from ..errors import DretrieverError
 from ..heap import gc_paused
 from ..index.datastore import BM25_DIR
 from ..index.sharded import ShardedIndex
 from .bm25 import BM25Searcher
-from .dense import DenseSearcher, encoder_for_index
+from .dense import DenseSearcher, query_side
 from .fusion import fuse
 from .rerank import Reranker, passage_text, reranked_order
 from .types import Run
@@ -131,11 +130,7 @@ class Retriever:
                                      precision=precision, backend=rerank_backend)
         index = ShardedIndex.open(root, verify=verify)
         if encoder is None:
-            encoder = encoder_for_index(index.manifest, root, model, backend)
-            if backend is None:
-                built = (index.manifest["encoder"] or {}).get("backend", "torch")
-                encoder, budget = query_encoder(encoder, precision, built)
-                max_tokens = budget if max_tokens == "auto" else max_tokens
+            encoder, max_tokens = query_side(index.manifest, root, model, backend, precision, max_tokens)
         dense = DenseSearcher(index, encoder, batch_size=batch_size, precision=precision, max_tokens=max_tokens)
         lucene = root / (index.manifest.get("bm25") or BM25_DIR)
         bm25 = BM25Searcher(lucene) if lucene.is_dir() else None

@@ -9,7 +9,7 @@ Run = dict[str, list[tuple[str, float]]]
 
 def write_trec_run(run: Run, path: str | Path, tag: str) -> None:
     """Write a TREC run file (``qid Q0 docid rank score tag``), via a temporary name."""
-    from ..index.atomic import write_text_atomic
+    from ..atomic import write_text_atomic
 
     lines = [f"{qid} Q0 {docid} {rank} {score:.6f} {tag}"
              for qid, hits in run.items() for rank, (docid, score) in enumerate(hits, start=1)]

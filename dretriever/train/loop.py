@@ -37,7 +37,7 @@ import torch
 
 from ..encoder import BiEncoder, autocast, autocast_dtype
 from ..errors import DretrieverError
-from ..index.atomic import write_json_atomic
+from ..atomic import write_json_atomic
 from . import distributed as dist_utils
 from .config import TrainArgs
 from .encoder_view import EncoderView
