@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from .. import pyserini_env
+from ..atomic import write_json_atomic
 from ..data.beir import Document, corpus_line
 from ..errors import DretrieverError
-from ..atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -46,13 +46,13 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..atomic import fsync_dir, sha256_file, write_text_atomic
 from ..data.beir import Document
 from ..errors import DataError, DretrieverError
 from ..heap import trim_heap
 from ..stages import StageClock, current, stage, staged_iter
 from . import manifest as mf
 from . import vectors as vf
-from ..atomic import fsync_dir, sha256_file, write_text_atomic
 from .docids import write_docids
 from .docstore import FILENAME as DOCSTORE
 from .docstore import DocStore, DocStoreWriter, DuplicateId, finalize_docstore

@@ -32,11 +32,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ..atomic import fsync_dir, sha256_file
 from ..errors import DretrieverError
 from . import generations as gen
 from . import manifest as mf
 from . import vectors as vf
-from ..atomic import fsync_dir, sha256_file
 from .build import ENCODER_SETTINGS, TRAINED, build_index
 from .docids import write_docids
 from .docstore import FILENAME as DOCSTORE

@@ -33,9 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+from ..atomic import file_lock, write_json_atomic
 from ..errors import DretrieverError
 from . import manifest as mf
-from ..atomic import file_lock, write_json_atomic
 
 GENERATIONS = "generations"
 JOURNAL = "change.json"

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..errors import DretrieverError
 from ..atomic import file_lock, sha256_file, write_json_atomic
+from ..errors import DretrieverError
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import faiss
 
+from ..atomic import fsync_dir, sha256_file
 from ..errors import DretrieverError
 from . import manifest as mf
-from ..atomic import fsync_dir, sha256_file
 from .docids import DocIds, write_docids
 from .docstore import FILENAME as DOCSTORE
 from .docstore import SCHEMA, finalize_docstore

@@ -83,7 +83,7 @@ class QueryEncoder:
 
     def __init__(self, root: str, model: str | None, settings: dict, micro_batch: int, wait_ms: float):
         self.settings = {k: v for k, v in settings.items() if k != "backend"}  # batch_size, precision, max_tokens
-        # no backend asked for: the fastest for this replica's CPU, as Retriever.load picks it
+        # with no backend asked for, the fastest for this replica's CPU, as Retriever.load picks it
         self.encoder, self.settings["max_tokens"] = query_side(
             mf.read_manifest(root), root, model, settings.get("backend"), self.settings.get("precision", "auto"),
             self.settings.get("max_tokens", "auto"))
