@@ -199,6 +199,23 @@ def test_repository_regressions_file_is_valid():
     assert {"scifact.bm25-flat", "scifact.all-minilm-l6-v2"} <= names
 
 
+def test_max_cost_selects_each_tier_up_to_it_with_requirements_and_rejects_an_unknown_tier(tmp_path):
+    from dretriever.evaluation.regressions import select
+
+    base = {"dataset": "d", "metric": "m", "expected": 1, "tolerance": 0, "command": "x"}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump([{"name": "s", **base, "cost": "seconds"}, {"name": "m", **base, "cost": "minutes"},
+                                 {"name": "h1", **base, "cost": "hour", "requires": ["m"]},
+                                 {"name": "h", **base, "cost": "hours"}]))
+    entries = load_entries(p)
+    assert [e.name for e in select(entries, "minutes", None)] == ["s", "m"]
+    assert [e.name for e in select(entries, "hour", None)] == ["s", "m", "h1"]
+    assert [e.name for e in select(entries, "hours", None)] == ["s", "m", "h1", "h"]
+    assert [e.name for e in select(entries, "seconds", ["h1"])] == ["m", "h1"]
+    with pytest.raises(DataError, match=r"--max_cost.*must be one of \('seconds', 'minutes', 'hour', 'hours'\), got 'day'"):
+        select(entries, "day", None)
+
+
 def test_several_datasets_get_an_average_row(tmp_path):
     from dretriever.evaluation.report import write_report
 

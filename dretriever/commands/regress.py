@@ -15,7 +15,7 @@ from ..evaluation.regressions import load_entries, run_all, select
 class RegressArgs:
     file: str = field(default="eval/regressions.yaml", metadata={"help": "regression entries (YAML); commands run "
                                                                          "from the folder above its folder"})
-    max_cost: str = field(default="minutes", metadata={"help": "run entries up to this cost: seconds|minutes|hours"})
+    max_cost: str = field(default="minutes", metadata={"help": "run entries up to this cost: seconds|minutes|hour|hours"})
     only: list[str] = field(default_factory=list, metadata={"help": "entry names to run (ignores --max_cost)"})
     beir_data: str = field(default_factory=lambda: os.environ.get("BEIR_DATA", "../shared/beir"),
                            metadata={"help": "folder holding BEIR datasets (env BEIR_DATA)"})
