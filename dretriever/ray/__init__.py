@@ -2,7 +2,9 @@
 
 - ``ray/build.py``: ``datastore build`` / ``index build`` with ``--engine ray``: Ray Data encodes the staged
   chunks with a pool of stateful encoder actors; shards are finished by Ray tasks.
-- ``ray/serve.py``: ``serve --engine ray``: a Ray Serve application (query encoder, shard groups, ingress).
+- ``ray/serve.py``: ``serve --engine ray``: a Ray Serve application whose deployments are ``ray/encoder.py``
+  (query encoder), ``ray/shards.py`` (shard groups), ``ray/lexical.py`` (BM25), ``ray/rerank.py`` (cross-encoder)
+  and its ingress, whose ``ray/backend.py`` fans each request out to them.
 
 This package imports the single-machine pieces and never the reverse; Ray is an optional extra
 (``pip install 'dretriever[ray]'``) and without it only ``--engine ray`` is refused.
