@@ -12,7 +12,8 @@ what is measured is the pipeline around it: reading the source, chunking, tokeni
    (``read_records`` calls, counted in the build process) next to the manifest's ``source_passes``. Asserted: one read per source; peak RSS at the
    largest size within 10 % of the smallest.
 2. ``--kills N``: a clean build of ``--kill_size`` passages, then the same build killed with SIGKILL at N
-   random moments (5-95 % of the clean wall time) and rerun each time, then run to completion. Asserted: the
+   moments drawn from its progress (passage counts the clean build committed, between 5 and 90 % of them) and
+   rerun each time, then run to completion. Asserted: the
    same ids per shard as the clean build, vectors equal within 1e-6, and every shard's ``encode_runs`` tile
    its rows exactly once (no rerun re-encoded a committed chunk), and that every kill landed.
 
@@ -154,7 +155,8 @@ def tiny_model(args: PipelineArgs) -> Path:
 
 # ---------------------------------------------------------------- kill -9 and resume
 def kill_run(args: PipelineArgs) -> dict:
-    from tests.kill_harness import compare_with_clean, encode_runs_tile, kill_and_resume, startup_seconds, timed_run
+    from tests.kill_harness import (compare_with_clean, draw_points, encode_runs_tile, encoded_passages, finish,
+                                    kill_at_progress, trajectory)
 
     work = Path(args.workdir)
     source = corpus(args, args.kill_size)
@@ -163,19 +165,18 @@ def kill_run(args: PipelineArgs) -> dict:
         shutil.rmtree(d, ignore_errors=True)
     cli = [sys.executable, "-m", "dretriever", "datastore", "build"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    clean_s = timed_run(cli + build_args(args, str(source), str(clean)), env, timeout=3600)
-    scratch = work / f"kill-startup-{args.kill_size}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    startup_s = startup_seconds(cli + build_args(args, str(source), str(scratch)),
-                                lambda: (scratch / mf.MANIFEST).is_file(), env)
-    shutil.rmtree(scratch, ignore_errors=True)
-    report = kill_and_resume(cli + build_args(args, str(source), str(killed)), clean_s, kills=args.kills,
-                             seed=args.kill_seed, env=env, timeout=3600, startup_seconds=startup_s)
+    clean_s, states = trajectory(cli + build_args(args, str(source), str(clean)), lambda: encoded_passages(clean), env,
+                                 timeout=3600)
+    # the kills fall at passage counts the clean build went through (its progress, not its duration)
+    points = draw_points(states, args.kills, seed=args.kill_seed)
+    report = kill_at_progress(cli + build_args(args, str(source), str(killed)), lambda: encoded_passages(killed),
+                              points, env=env, seed=args.kill_seed, timeout=3600)
+    finish(cli + build_args(args, str(source), str(killed)), env, timeout=3600)
     assert report.kills_landed == args.kills, f"only {report.kills_landed} of {args.kills} kills landed"
     rows = compare_with_clean(clean, killed, atol=1e-6)
     runs = encode_runs_tile(killed)
     manifest = mf.read_manifest(killed)
-    out = {"passages": rows, "clean_s": clean_s, "startup_s": startup_s, "delays_s": report.delays, "killed": report.killed,
+    out = {"passages": rows, "clean_s": clean_s, "kill_points": points, "delays_s": report.delays, "killed": report.killed,
            "kills_landed": report.kills_landed, "encode_runs": len(runs),
            "source_passes": manifest["source_passes"],
            "chunks_per_shard": [len(e["encode_runs"]) for e in manifest["shards"]]}
@@ -215,8 +216,11 @@ def markdown(result: dict) -> str:
                           + ", ".join(f"{d['max'] / 2**20:.0f}/{d['min'] / 2**20:.0f}" for d in r["rss_deciles"])]
     k = result.get("kill")
     if k:
-        lines += ["", f"Kill -9: a {k['passages']:,}-passage build (clean: {k['clean_s']:.0f} s, of which "
-                      f"{k['startup_s']:.1f} s start-up) killed {len(k['killed'])} times, each run after "
+        at = k.get("kill_points")  # reports before kills were drawn from progress timed them instead
+        moments = (f"once {', '.join(f'{p:,}' for p in at)} passages were committed" if at else
+                   f"{k['startup_s']:.1f} s start-up)")
+        lines += ["", f"Kill -9: a {k['passages']:,}-passage build (clean: {k['clean_s']:.0f} s) killed "
+                      f"{len(k['killed'])} times, {moments}, each run after "
                       f"{', '.join(f'{d:.1f}' for d in k['delays_s'])} s ({k['kills_landed']} of {len(k['killed'])} "
                       f"landed), rerun after each, then run to completion: the same ids per "
                       f"shard as the clean build, vectors equal within 1e-6, encode_runs tile every shard "

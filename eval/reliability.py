@@ -70,15 +70,14 @@ def lost_and_duplicated(clean: Path, resumed: Path) -> tuple[int, int, int]:
 
 
 def build_kills(name: str, base: list[str], work: Path, kills: int, env: dict) -> dict:
-    from dretriever.index import manifest as mf
-    from tests.kill_harness import (compare_with_clean, encode_runs_tile, kill_and_resume, startup_seconds,
-                                    timed_run)
+    from tests.kill_harness import (compare_with_clean, draw_points, encode_runs_tile, encoded_passages, finish,
+                                    kill_at_progress, trajectory)
 
-    clean, killed, scratch = work / f"{name}-clean", work / f"{name}-killed", work / f"{name}-scratch"
-    clean_seconds = timed_run(base + ["--output", str(clean)], env)
-    startup = startup_seconds(base + ["--output", str(scratch)], lambda: (scratch / mf.MANIFEST).is_file(), env)
-    report = kill_and_resume(base + ["--output", str(killed)], clean_seconds, kills=kills, seed=7, env=env,
-                             startup_seconds=startup)
+    clean, killed = work / f"{name}-clean", work / f"{name}-killed"
+    clean_seconds, states = trajectory(base + ["--output", str(clean)], lambda: encoded_passages(clean), env)
+    report = kill_at_progress(base + ["--output", str(killed)], lambda: encoded_passages(killed),
+                              draw_points(states, kills, seed=7), env=env, seed=7)
+    finish(base + ["--output", str(killed)], env)
     rows, lost, dup = lost_and_duplicated(clean, killed)
     compare_with_clean(clean, killed)
     encode_runs_tile(killed)
@@ -124,7 +123,8 @@ def main(argv) -> int:
         cli = [sys.executable, "-m", "dretriever"]
         result["kills"] = [
             build_kills("index build", cli + ["index", "build", "--corpus", str(src), "--model", str(model),
-                                              "--shards", "2", "--batch_size", "32", "--precision", "fp32"],
+                                              "--shards", "2", "--chunk_docs", "64", "--batch_size", "32",
+                                              "--precision", "fp32"],
                         tmp, args.kills, penv),
             build_kills("datastore build", cli + ["datastore", "build", "--sources", str(src), "--model", str(model),
                                                   "--shards", "2", "--chunking", "words", "--chunk_size", "12",

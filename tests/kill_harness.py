@@ -1,15 +1,16 @@
-"""The kill harness: run a command, kill -9 it at random moments, rerun it to completion.
+"""The kill harness: run a command, kill -9 it at moments drawn from its progress, rerun it to completion.
 
-``kill_and_resume(cmd, clean_seconds, kills=5, seed=0)`` draws ``kills`` moments of the build, sorted, uniformly
-from 5-95 % of its clean duration, and starts ``cmd`` ``kills`` times on the same output: run ``k`` gets SIGKILL
-once it has had its start-up (``startup_seconds``: imports and model load, paid again by every run) plus the
-build time between moments ``k-1`` and ``k``, so the kills fall at those moments of the build's progress (a
-delay measured from the clean duration alone would outlast the shorter resumed runs and never land). Then it
-reruns ``cmd`` once without interruption. The caller compares the result with a clean build: :func:`compare_with_clean` (same ids
-per shard, vectors within ``atol``) and :func:`encode_runs_tile` (no committed chunk encoded twice) for index and
-datastore builds; :func:`compare_training` (every step's loss and the final weights) for ``dretriever train``.
-:func:`timed_run_until` times a clean run and its start-up in one go. Used by ``tests/test_scale.py``,
-``tests/test_kill_train.py``, ``eval/bench_pipeline.py`` (its 100k-passage kill run) and ``eval/reliability.py``.
+A kill moment is a point of the run's *progress* (passages encoded, steps logged, ...), never a time: a delay
+measured on a clean run misses the build once the machine is loaded differently or each resumed run has less
+left to do. :func:`trajectory` runs ``cmd`` clean and records the progress values it passes through;
+:func:`draw_points` draws the kill points among them; :func:`kill_at_progress` starts ``cmd`` once per point and
+SIGKILLs it a random fraction of a second after its progress reaches the point; :func:`finish` reruns it without
+interruption. The caller compares the result with the clean run: :func:`compare_with_clean` (same ids per shard,
+vectors within ``atol``) and :func:`encode_runs_tile` (no committed chunk encoded twice) for index and datastore
+builds, whose progress is :func:`encoded_passages`; :func:`compare_training` (every step's loss and the final
+weights) for ``dretriever train``, whose progress is :func:`last_step`. Used by ``tests/test_scale.py``,
+``tests/test_living.py``, ``tests/test_kill_train.py``, ``eval/bench_pipeline.py`` (its 100k-passage kill run) and
+``eval/reliability.py``.
 """
 
 from __future__ import annotations
@@ -43,50 +44,49 @@ def timed_run(cmd: list[str], env: dict | None = None, timeout: float = 600) -> 
     return time.monotonic() - start
 
 
-def timed_run_until(cmd: list[str], started, env: dict | None = None, timeout: float = 600) -> tuple[float, float]:
-    """Run ``cmd`` to completion; ``(seconds in all, seconds until started() first held)``: the clean duration
-    and the start-up (imports, model load) of :func:`kill_and_resume` from one run."""
+def trajectory(cmd: list[str], progress, env: dict | None = None, timeout: float = 600) -> tuple[float, list]:
+    """Run ``cmd`` to completion, polling ``progress()`` every 10 ms: ``(seconds, the distinct values it went
+    through, in order)``, the states from which :func:`draw_points` draws kill points."""
+    import tempfile
+
     t = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    startup = None
-    while proc.poll() is None and time.monotonic() - t < timeout:
-        if startup is None:
+    seen: list = []
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty run never blocks on a full pipe
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        while proc.poll() is None and time.monotonic() - t < timeout:
             try:
-                if started():
-                    startup = time.monotonic() - t
-            except (OSError, ValueError):
+                value = progress()
+                if not seen or value != seen[-1]:
+                    seen.append(value)
+            except (OSError, ValueError):  # a file being replaced while read: poll again
                 pass
-        time.sleep(0.01)
-    _, err = proc.communicate(timeout=max(timeout - (time.monotonic() - t), 1))
-    if proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed: {err.decode()[-2000:]}")
-    total = time.monotonic() - t
-    return total, total if startup is None else startup
-
-
-def kill_and_resume(cmd: list[str], clean_seconds: float, kills: int = 5, seed: int = 0,
-                    env: dict | None = None, timeout: float = 600, startup_seconds: float = 0.0) -> KillReport:
-    """Kill ``cmd`` ``kills`` times at random moments of its build, then run it to completion."""
-    rng = random.Random(seed)
-    report = KillReport(clean_seconds)
-    work = max(clean_seconds - startup_seconds, 0.0)
-    moments = sorted(rng.uniform(0.05, 0.95) for _ in range(kills))
-    for before, moment in zip([0.0] + moments, moments):
-        delay = startup_seconds + (moment - before) * work
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=delay)
-            report.killed.append(False)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.kill()
             proc.wait()
-            report.killed.append(True)
-        report.delays.append(delay)
+            raise AssertionError(f"{cmd} ran past {timeout} s")
+        if proc.returncode != 0:
+            err.seek(0)
+            raise AssertionError(f"{cmd} failed: {err.read().decode()[-2000:]}")
+    return time.monotonic() - t, seen
+
+
+def draw_points(values: list, kills: int, seed: int = 0, low: float = 0.05, high: float = 0.9) -> list:
+    """``kills`` distinct progress values drawn from ``values`` (a clean run's :func:`trajectory`) between the
+    ``low`` and ``high`` fractions of it, in order: no point at the start state (the kill would hit the imports)
+    or at the very end (the run would finish first)."""
+    inner = [v for v in values[int(low * len(values)):int(high * len(values)) + 1] if values and v != values[0]]
+    if len(inner) < kills:
+        raise AssertionError(f"the clean run went through {len(values)} progress states, too few for {kills} kills")
+    chosen = random.Random(seed).sample(range(len(inner)), kills)
+    return [inner[i] for i in sorted(chosen)]
+
+
+def finish(cmd: list[str], env: dict | None = None, timeout: float = 600) -> None:
+    """Run ``cmd`` once without interruption (the rerun after the kills); an error if it fails."""
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
-    report.final_returncode = done.returncode
     if done.returncode != 0:
-        raise AssertionError(f"the rerun after {kills} kills failed: {done.stderr.decode()[-2000:]}")
-    return report
+        raise AssertionError(f"the rerun after the kills failed: {done.stderr.decode()[-2000:]}")
 
 
 def kill_at_progress(cmd: list[str], progress, points: list[float], env: dict | None = None, jitter: float = 0.3,
@@ -105,15 +105,6 @@ def kill_at_progress(cmd: list[str], progress, points: list[float], env: dict | 
     return report
 
 
-def startup_seconds(cmd: list[str], started, env: dict | None = None, timeout: float = 300) -> float:
-    """Seconds a run of ``cmd`` takes before ``started()`` holds (say, its output's manifest exists): the imports
-    and model load that every rerun pays again. The run is killed there; give ``cmd`` a scratch output."""
-    t = time.monotonic()
-    if not kill_when(cmd, started, env, timeout):
-        raise AssertionError(f"{cmd} ended before it started")
-    return time.monotonic() - t
-
-
 def kill_when(cmd: list[str], ready, env: dict | None = None, timeout: float = 300) -> bool:
     """Start ``cmd`` and SIGKILL it as soon as ``ready()`` is true (polled every 10 ms); False if it ended first."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -129,6 +120,16 @@ def kill_when(cmd: list[str], ready, env: dict | None = None, timeout: float = 3
         time.sleep(0.01)
     proc.wait()
     return False
+
+
+def encoded_passages(root: Path) -> int:
+    """Passages an index or datastore build at ``root`` has encoded and committed (its manifest's ``encoded``
+    counts; 0 before the manifest exists): the progress of a build for :func:`kill_at_progress`."""
+    from dretriever.index import manifest as mf
+
+    if not (Path(root) / mf.MANIFEST).is_file():
+        return 0
+    return sum(e.get("encoded") or 0 for e in mf.read_manifest(root)["shards"])
 
 
 def shard_ids_and_vectors(root: Path) -> list[tuple[list[str], "np.ndarray"]]:

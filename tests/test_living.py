@@ -367,16 +367,30 @@ def test_kill_9_during_a_change_leaves_the_previous_generation_and_a_rerun_finis
     assert len(Retriever.load(out, precision="fp32").index) == sum(e["num_docs"] for e in manifest["shards"])
 
 
+def sequence_progress(out: Path) -> tuple[int, int]:
+    """How far the living driver's sequence at ``out`` is: (steps finished, passages encoded so far, counting the
+    published shards and a pending add's work folder). Monotone over the sequence, so kill points can be drawn
+    from it: within the build, each add, the delete (between its step marker and the next) and the re-add."""
+    from .kill_harness import encoded_passages
+
+    marker = out.with_name(out.name + ".steps")
+    steps = len(json.loads(marker.read_text())) if marker.is_file() else 0
+    pending = sum(encoded_passages(work) for work in out.glob(".change-*") if work.is_dir())
+    return steps, encoded_passages(out) + pending
+
+
 def test_kill_9_at_random_moments_of_the_sequence_ends_identical(small_sequence, tiny_model, tmp_path):
-    from .kill_harness import kill_and_resume, timed_run
+    from .kill_harness import draw_points, finish, kill_at_progress, trajectory
 
     data, queries = small_sequence
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
     clean = tmp_path / "clean"
-    clean_seconds = timed_run(driver(clean, tiny_model, data), env)
+    _, states = trajectory(driver(clean, tiny_model, data), lambda: sequence_progress(clean), env)
+    # 5 kill points among the states the clean run went through (drawn from its progress, not its duration)
     killed = tmp_path / "killed"
-    report = kill_and_resume(driver(killed, tiny_model, data), clean_seconds, kills=5, seed=3, env=env,
-                             startup_seconds=4.0)
+    points = draw_points(states, kills=5, seed=3)
+    report = kill_at_progress(driver(killed, tiny_model, data), lambda: sequence_progress(killed), points, env=env)
+    finish(driver(killed, tiny_model, data), env)
     assert report.kills_landed >= 3, report
     fresh = tmp_path / "fresh"
     build(data / "final.jsonl", fresh, tiny_model, bm25=True)

@@ -25,12 +25,12 @@ from dretriever.index import datastore as ds_module
 from dretriever.index import manifest as mf
 from dretriever.index.build import build_index, corpus_source
 from dretriever.index.datastore import DatastoreArgs, build_datastore
+from dretriever.index.docstore import DocStore
 from dretriever.index.sharded import ShardedIndex
-from dretriever.index.vectors import open_vectors
 from dretriever.search.dense import DenseSearcher
 
 from .conftest import assert_same_ranking
-from .kill_harness import compare_with_clean, encode_runs_tile, kill_at_progress, kill_when, timed_run
+from .kill_harness import compare_with_clean, encode_runs_tile, encoded_passages, kill_at_progress, kill_when, timed_run
 
 CLI = [sys.executable, "-m", "dretriever"]
 DIM = 32
@@ -363,6 +363,75 @@ def test_sources_are_read_once_whatever_the_shard_count(tmp_path, tiny_model, mo
     assert sum(e["num_docs"] for e in manifest["shards"]) > 300
 
 
+KILLED_IN_FINALIZE = """
+import os, sqlite3, sys
+import dretriever.index.build as build
+from dretriever.cli import main
+
+def killed(path, filter_keys=None):  # finalize_docstore's transaction, killed once pages reached the file
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA cache_size=1")  # spill to the file at once: the journal is hot
+    con.execute("BEGIN")
+    con.execute("ALTER TABLE docs ADD COLUMN doc_id TEXT")
+    con.execute("UPDATE docs SET doc_id = docid")
+    os._exit(9)
+
+build.finalize_docstore = killed
+main(sys.argv[1:])
+"""
+
+
+def test_a_build_killed_while_its_doc_store_is_finalized_resumes_without_staging_or_encoding_again(tmp_path,
+                                                                                                    tiny_model):
+    """A kill inside finalize_docstore's transaction leaves a hot rollback journal beside the shard's doc store
+    (and the store's pages half rewritten). The rerun rolls it back: the staged rows are intact again, so it neither
+    reads the sources again nor encodes the shard again, and it ends equal to a clean build. (A read-only open
+    of such a store fails with "attempt to write a readonly database".)"""
+    src = passages_corpus(tmp_path / "c.jsonl", 400)
+    args = ["datastore", "build", "--sources", str(src), "--model", str(tiny_model), "--shards", "2",
+            "--chunking", "words", "--chunk_size", "12", "--chunk_overlap", "2", "--precision", "fp32",
+            "--progress", "false"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run(CLI + args + ["--output", str(tmp_path / "clean")], env=env).returncode == 0
+    out = tmp_path / "killed"
+    died = subprocess.run([sys.executable, "-c", KILLED_IN_FINALIZE, *args, "--output", str(out)], env=env)
+    assert died.returncode == 9
+    journals = list(out.glob(".shard-*.partial/docs.sqlite-journal"))
+    assert len(journals) == 1 and journals[0].stat().st_size > 0
+    done = subprocess.run(CLI + args + ["--output", str(out)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    clean_rows = sum(e["num_docs"] for e in mf.read_manifest(tmp_path / "clean")["shards"])
+    assert compare_with_clean(tmp_path / "clean", out) == clean_rows
+    assert mf.read_manifest(out)["source_passes"] == 1  # the staged rows were kept
+    encode_runs_tile(out)
+    first, second = ({r["run"] for r in e["encode_runs"]} for e in mf.read_manifest(out)["shards"])
+    assert len(first) == len(second) == 1 and first != second  # shard 0 kept the killed run's vectors
+    assert not list(out.glob("**/*-journal"))
+    store = DocStore(out / "shard-00000" / "docs.sqlite")
+    assert "doc_id" in store.columns and len(store.document_ids()) > 0
+    store.close()
+
+
+def test_a_doc_store_left_with_a_hot_journal_opens_with_its_committed_rows(tmp_path):
+    """The state a rerun meets when a finalize was killed with the staged store's size unchanged (so the staging
+    looks intact): a hot journal. DocStore rolls it back instead of failing on its read-only connection."""
+    from dretriever.data.beir import Document
+    from dretriever.index.docstore import DocStoreWriter
+
+    path = tmp_path / "docs.sqlite"
+    writer = DocStoreWriter(path)
+    writer.add((f"d{i}", Document(f"t{i}", "x" * 100)) for i in range(400))
+    writer.close()
+    only_finalize = KILLED_IN_FINALIZE.replace("main(sys.argv[1:])", "killed(sys.argv[1])")
+    died = subprocess.run([sys.executable, "-c", only_finalize, str(path)])
+    assert died.returncode == 9 and Path(f"{path}-journal").stat().st_size > 0
+    store = DocStore(path)
+    assert len(store) == 400 and "doc_id" not in store.columns
+    assert store.at([0, 399]) == [("d0", Document("t0", "x" * 100)), ("d399", Document("t399", "x" * 100))]
+    store.close()
+    assert not Path(f"{path}-journal").exists()
+
+
 def test_kill_9_at_random_moments_resumes_inside_shards(tmp_path, tiny_model):
     """One kill right after a chunk commit inside a shard; then, on another output, 5 kills at random moments of
     a datastore build. Each result equals a clean build, and no committed chunk was encoded twice (the
@@ -390,14 +459,10 @@ def test_kill_9_at_random_moments_resumes_inside_shards(tmp_path, tiny_model):
     random_out = tmp_path / "random"
     total = sum(e["num_docs"] for e in mf.read_manifest(tmp_path / "clean")["shards"])
 
-    def encoded() -> int:
-        if not (random_out / mf.MANIFEST).is_file():
-            return 0
-        return sum(e.get("encoded") or 0 for e in mf.read_manifest(random_out)["shards"])
-
     rng = random.Random(1)
     points = sorted(round(rng.uniform(0.05, 0.9) * total) for _ in range(5))
-    report = kill_at_progress(base + ["--output", str(random_out)], encoded, points, env=env)
+    report = kill_at_progress(base + ["--output", str(random_out)], lambda: encoded_passages(random_out), points,
+                              env=env)
     assert subprocess.run(base + ["--output", str(random_out)], env=env, capture_output=True).returncode == 0
     compare_with_clean(tmp_path / "clean", random_out)
     encode_runs_tile(random_out)

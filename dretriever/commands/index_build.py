@@ -33,6 +33,8 @@ class IndexBuildArgs(EngineArgs):
                                                              "runs it natively, else fp32) | fp32 | bf16 | fp16"})
     max_tokens: str = field(default="auto", metadata={"help": "padded tokens per encoding batch: auto (1,024 on "
                                                                   "a CPU), none (batch_size texts) or N"})
+    chunk_docs: int = field(default=512, metadata={"help": "passages encoded and committed per step (a kill loses "
+                                                           "at most one such chunk; memory bound)"})
     backend: str = field(default="torch", metadata={"help": "inference backend: torch | onnx (fp32 ONNX Runtime) | "
                                                              "onnx-int8 (static int8, calibrated on the corpus) | "
                                                              "openvino (OpenVINO: fp32, or bf16 at precision auto "
@@ -70,7 +72,7 @@ def main(argv) -> int:
         builder = ray_builder(args, backend=args.backend)
     source = corpus_source(corpus, args.shards, {"path": str(Path(corpus.path).resolve())})
     manifest = build_index(source, encoder, args.output, model=args.model, factory=args.factory,
-                           batch_size=args.batch_size, precision=args.precision,
+                           batch_size=args.batch_size, precision=args.precision, chunk_docs=args.chunk_docs,
                            train_sample=args.train_sample, overwrite=args.overwrite,
                            max_tokens=parse_max_tokens(args.max_tokens), builder=builder)
     total = sum(s["num_docs"] for s in manifest["shards"])

@@ -56,6 +56,7 @@ from . import vectors as vf
 from .docids import write_docids
 from .docstore import FILENAME as DOCSTORE
 from .docstore import DocStore, DocStoreWriter, DuplicateId, finalize_docstore
+from .docstore import recover as recover_docstore
 
 log = logging.getLogger(__name__)
 TRAINED = "trained.index"
@@ -357,6 +358,8 @@ class Builder:
 
     def _staging_intact(self, i: int, entry: dict) -> bool:
         store = partial_dir(self.out, i) / DOCSTORE
+        if store.is_file():
+            recover_docstore(store)  # a kill while finish_shard's finalize committed: back to the staged rows
         return store.is_file() and store.stat().st_size == entry["staged_bytes"]
 
     def _stage(self, todo: list[int]) -> None:

@@ -8,6 +8,11 @@ When a shard is finished, :func:`finalize_docstore` adds the columns that update
 (the source document's id: ``metadata["doc_id"]`` in a datastore, else the row's own id) and one typed column
 ``f_KEY`` per filter key declared at build time (``--filter_keys year:int,source``), each with its index, so
 that a delete finds a document's passages and a filter finds its allowed positions without a scan.
+
+A writer killed inside a transaction (a build killed while :func:`finalize_docstore` commits) leaves a hot
+rollback journal (``docs.sqlite-journal``) that only a read-write connection can roll back: :class:`DocStore`
+rolls it back (:func:`recover`) before it opens the store read-only, so the build's rerun reads the store as it
+was before the killed transaction and finalizes it again.
 """
 
 from __future__ import annotations
@@ -33,6 +38,22 @@ SQL_TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT"}
 
 def filter_column(key: str) -> str:
     return f'"f_{key}"'
+
+
+def recover(path: str | Path) -> None:
+    """Roll back a killed writer's hot journal, if ``path`` has one (a read on a read-write connection does it;
+    a read-only connection would fail with "attempt to write a readonly database"). Where the folder is not
+    writable, the read-only open that follows reports the problem."""
+    if not Path(f"{path}-journal").exists():
+        return
+    try:
+        con = sqlite3.connect(path)
+        try:
+            con.execute("PRAGMA schema_version").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        pass
 
 
 def finalize_docstore(path: str | Path, filter_keys: dict[str, str] | None = None) -> None:
@@ -106,6 +127,7 @@ class DocStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        recover(self.path)
         self._con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         columns = {row[1] for row in self._con.execute("PRAGMA table_info(docs)")}
         # stores finished before the doc_id column existed: the same value, found by a scan
