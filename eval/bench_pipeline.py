@@ -218,7 +218,7 @@ def markdown(result: dict) -> str:
     if k:
         at = k.get("kill_points")  # reports before kills were drawn from progress timed them instead
         moments = (f"once {', '.join(f'{p:,}' for p in at)} passages were committed" if at else
-                   f"{k['startup_s']:.1f} s start-up)")
+                   f"at moments timed after a {k['startup_s']:.1f} s start-up")
         lines += ["", f"Kill -9: a {k['passages']:,}-passage build (clean: {k['clean_s']:.0f} s) killed "
                       f"{len(k['killed'])} times, {moments}, each run after "
                       f"{', '.join(f'{d:.1f}' for d in k['delays_s'])} s ({k['kills_landed']} of {len(k['killed'])} "

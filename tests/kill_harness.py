@@ -26,10 +26,8 @@ from pathlib import Path
 
 @dataclass
 class KillReport:
-    clean_seconds: float
     delays: list[float] = field(default_factory=list)
     killed: list[bool] = field(default_factory=list)  # False: the run had finished before its kill
-    final_returncode: int | None = None
 
     @property
     def kills_landed(self) -> int:
@@ -95,7 +93,7 @@ def kill_at_progress(cmd: list[str], progress, points: list[float], env: dict | 
     last step logged) first reaches the point: kill moments drawn from the run's progress, so they need no
     clean-run timing and land whatever the start-up costs. The caller then finishes the run itself."""
     rng = random.Random(seed)
-    report = KillReport(0.0)
+    report = KillReport()
     for point in points:
         extra = rng.uniform(0, jitter)
         start = time.monotonic()
