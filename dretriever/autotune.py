@@ -5,7 +5,8 @@ Why measured and not a constant: the fastest fp32 query backend has differed wit
 project has been benchmarked on (``eval/bench_search.py``, reports in ``eval/reports/search``): ONNX Runtime on an
 AVX2-only AMD EPYC (2026-12-03: 4.28x Pyserini, torch 3.43x), ONNX Runtime on an AMD EPYC Zen 4 (3.49x, torch
 3.13x), OpenVINO on an Intel Xeon with AVX-512 BF16 and AMX (2026-12-06: 3.69x, ONNX Runtime 2.62x), and at
-precision ``auto`` on that Xeon torch's bf16 autocast (6.39x) ahead of OpenVINO's bf16 (5.99x).
+precision ``auto`` on that Xeon torch in bf16 (6.39x) ahead of OpenVINO's bf16 (5.99x); 2026-12-07 there, after
+the Flat scan and with torch on bf16 weights: fp32 OpenVINO at 1,024 tokens, ``auto`` torch at 4,096.
 
 What is measured: :data:`SAMPLE` synthetic queries (seeded; 4-24 words drawn from the tokenizer's whole-word
 vocabulary, about the lengths of BEIR's queries) encoded by every candidate, round-robin over :data:`ROUNDS`
@@ -53,6 +54,9 @@ CACHE_NAME = "query_backend.json"
 CANDIDATES = ("torch", "onnx", "openvino")
 BUDGETS = (512, 1024, 2048, 4096)  # padded tokens per query batch
 SAMPLE, ROUNDS, SEED = 256, 3, 0
+# bumped when a backend's own inference path changes, so that decisions cached before are measured again
+# (2: torch runs bf16 weights rather than autocast on bf16 CPUs; exported backends pool in numpy; 2026-12-07)
+PATHS = 2
 BATCH_SIZE = 128  # queries per batch at most, Retriever.load's default: the budget decides below it
 # the SIMD features that decide which kernels the backends run (a CPU with the same model name but a
 # different hypervisor mask is a different machine to them)
@@ -101,7 +105,7 @@ def cache_path() -> Path:
 
 def cache_key(encoder: BiEncoder, precision: str) -> str:
     return " | ".join((cpu_key(), f"{torch.get_num_threads()} threads", precision, encoder.fingerprint()[:16],
-                       _versions()))
+                       _versions(), f"paths {PATHS}"))
 
 
 def sample_queries(tokenizer, n: int = SAMPLE, seed: int = SEED) -> list[str]:

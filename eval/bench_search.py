@@ -21,6 +21,7 @@ exact (Flat) search, and index memory (serialized bytes). Recall against queries
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -49,6 +50,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # eval/hardware.py, ev
 
 from st_side import SentenceTransformersSide, Timed, describe_versions  # noqa: E402
 
+SETTLE = 0.5  # seconds idle before each timed call (interleaved)
 # factory -> (search parameter, values swept); IVF-PQ uses 4-bit fast-scan PQ codes re-ranked exactly
 FACTORIES = {
     "Flat": (None, [None]),
@@ -104,10 +106,17 @@ def timed(fn, repeats: int):
 def interleaved(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
     """Seconds of each call per round (``repeats`` rounds, every function once per round, in turn) and each
     function's last result. A function that returns a ``Timed`` (eval/st_side.py: work done in another
-    process, timed there) counts the seconds it reports."""
+    process, timed there) counts the seconds it reports. Each call starts from a collected heap, its own last
+    result dropped (at k=1000 a side's result is 300,000 objects, and without this whichever side's call the
+    garbage collector's full pass happens to fall in pays for every side's results still alive), and after
+    :data:`SETTLE` seconds idle, so that the thread pools of the side before (OpenMP, OpenBLAS, OpenVINO), which
+    spin for a while after their last task, have stopped taking the cores."""
     times, results = {name: [] for name in fns}, {}
     for _ in range(repeats):
         for name, fn in fns.items():
+            results.pop(name, None)
+            gc.collect()
+            time.sleep(SETTLE)
             start = time.perf_counter()
             result = fn()
             seconds = time.perf_counter() - start

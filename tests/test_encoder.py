@@ -121,7 +121,7 @@ def test_loads_a_folder_the_installed_sentence_transformers_saved(tiny_model, tm
     c = enc.config
     assert (c.pooling, c.normalize, c.query_max_length, c.doc_max_length) == (mode, True, 48, 48)
     texts = DOCS + QUERIES  # (SentenceTransformer batches by length, so padding differs: fp32 noise ~3e-5)
-    np.testing.assert_allclose(enc.encode_docs(texts), st.encode(texts, batch_size=8), atol=1e-4)
+    np.testing.assert_allclose(enc.encode_docs(texts, precision="fp32"), st.encode(texts, batch_size=8), atol=1e-4)
 
 
 def _old_path_batches(enc, texts, side, batch_size):
@@ -222,3 +222,45 @@ def test_onnx_backend_matches_torch_and_caches_its_export(tiny_model, tmp_path):
         onnx_enc.encode_docs(texts, precision="bf16")
     with pytest.raises(DretrieverError, match="backend"):
         BiEncoder.from_pretrained(model, backend="tensorrt")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_bf16_on_a_cpu_runs_a_bf16_copy_of_the_weights_that_follows_weight_changes(tiny_model):
+    enc = BiEncoder.from_pretrained(tiny_model)
+    fp32 = enc.encode_docs(DOCS, precision="fp32")
+    bf16 = enc.encode_docs(DOCS, precision="bf16")
+    assert cosines(fp32, bf16).min() > 0.99 and not np.array_equal(fp32, bf16)
+    copy = enc.bf16_tower("doc")
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in enc.parameters()} == {torch.float32}  # the encoder's own weights stay fp32
+    assert set(enc.state_dict()) == set(BiEncoder.from_pretrained(tiny_model).state_dict())  # not a submodule
+    with torch.inference_mode():
+        batch = enc.tokenize(DOCS, "doc")
+        by_hand = enc.embed(batch, "doc", copy).numpy()
+    np.testing.assert_allclose(bf16, by_hand, atol=1e-6)
+    assert enc.bf16_tower("doc") is copy  # unchanged weights: the same copy
+    with torch.no_grad():  # an optimizer step changes weights in place
+        next(enc.query_model.parameters()).mul_(0.5)
+    assert enc.bf16_tower("doc") is not copy
+    changed = enc.encode_docs(DOCS, precision="bf16")
+    fresh = BiEncoder.from_pretrained(tiny_model)
+    with torch.no_grad():
+        next(fresh.query_model.parameters()).mul_(0.5)
+    np.testing.assert_allclose(changed, fresh.encode_docs(DOCS, precision="bf16"), atol=1e-6)
+    assert cosines(changed, bf16).min() < 0.9999  # the new weights were used
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_the_exported_backends_pooling_in_numpy_equals_torch_pooling(pooling):
+    from dretriever.encoder import pool, pool_array
+
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((4, 9, 16)).astype(np.float32)
+    mask = (np.arange(9)[None, :] < np.array([9, 5, 1, 3])[:, None]).astype(np.int64)
+    want = torch.nn.functional.normalize(pool(torch.from_numpy(hidden), torch.from_numpy(mask), pooling), dim=-1)
+    np.testing.assert_allclose(pool_array(hidden, mask, pooling, True), want.numpy(), atol=1e-6)
+    np.testing.assert_allclose(pool_array(hidden, mask, pooling, False),
+                               pool(torch.from_numpy(hidden), torch.from_numpy(mask), pooling).numpy(), atol=1e-6)

@@ -89,4 +89,5 @@ class DocIds:
             yield line.rstrip("\n")
 
     def tolist(self) -> list[str]:
-        return list(self)
+        """Every id, in order (one decode of the whole file, no Python work per id)."""
+        return self._data.tobytes().decode("utf-8").split("\n")[:-1] if len(self) else []

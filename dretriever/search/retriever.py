@@ -197,6 +197,8 @@ class Retriever:
             raise DretrieverError(f"filter: supported in dense mode only (Lucene holds no metadata columns), "
                                   f"not {mode!r}")
         with self._lock, gc_paused():
+            if mode == "dense" and not with_text:
+                return self._dense_hits(queries, k, flt)
             if mode == "dense":
                 rows = self._dense(queries, k, flt)
             elif mode == "bm25":
@@ -239,6 +241,14 @@ class Retriever:
 
     def _dense(self, queries: list[str], k: int, flt=None) -> list[list[tuple[str, float, int]]]:
         return self.index.rows(*self.index.search_arrays(self.dense.encode(queries), k, filter=flt))
+
+    def _dense_hits(self, queries: list[str], k: int, flt=None) -> list[list[Hit]]:
+        """Dense hits without text, made straight from the index's columns (no per-hit row tuple: at k=1000 the
+        hits are most of what a call builds)."""
+        ids, scores, shards, ends = self.index.columns(*self.index.search_arrays(self.dense.encode(queries), k,
+                                                                                 filter=flt))
+        hits = [Hit(i, i, s, "", "", {}, sh) for i, s, sh in zip(ids, scores, shards)]
+        return [hits[a:b] for a, b in zip([0] + ends[:-1], ends)]
 
     @staticmethod
     def _run(searcher: BM25Searcher, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
