@@ -6,8 +6,9 @@ heap), docids are looked up in mapped files, and the doc store and kept vectors 
 Full sha256 checks are ``verify=True`` (``dretriever index verify``).
 
 Shards are searched in parallel by a thread pool (faiss releases the GIL; each worker runs faiss with one
-OpenMP thread), except Flat inner-product shards searched without a filter: those are scanned together with BLAS
-products instead of faiss's Flat search, several times faster and exact all the same (:mod:`dretriever.index.topk`).
+OpenMP thread), except Flat inner-product shards searched without a filter for 20 queries or more: those are scanned
+together with BLAS products instead of faiss's Flat search, several times faster and exact all the same
+(:mod:`dretriever.index.topk`).
 IVF shards that share the index's trained quantizer are searched with one coarse
 assignment for all of them (``search_preassigned``), so the quantizer runs once, not once per shard.
 With ``rerank=R`` the approximate top-R candidates are re-scored exactly from the full vectors kept on disk.
@@ -42,7 +43,7 @@ from .docstore import FILENAME as DOCSTORE
 from .docstore import DocStore
 from .filters import Filter, compile_filter, parse_filter
 from .tombstones import Allowed, read_tombstones
-from .topk import COPY_BYTES, block_rows, gather, scan, stable_top_k
+from .topk import COPY_BYTES, SCAN_MIN_QUERIES, block_rows, gather, scan, stable_top_k
 from .vectors import open_vectors
 
 EXACT_LIMIT = 50_000  # a filter matching at most this many rows is scored exactly (when vectors can be read)
@@ -260,7 +261,7 @@ class ShardedIndex:
         if flt is not None and total <= self.exact_limit and self._scan_pays():
             self.last_plan = "exact"
             return self._exact(queries, k, allowed)
-        if flt is None and not rerank and all(s.flat_ip() for s in self.shards):
+        if flt is None and not rerank and len(queries) >= SCAN_MIN_QUERIES and all(s.flat_ip() for s in self.shards):
             self.last_plan = "exact"  # BLAS products beat faiss's Flat search here (dretriever.index.topk)
             return self._exact(queries, k, allowed)
         self.last_plan = "index"
