@@ -34,10 +34,12 @@ from dretriever.evaluation.significance import ALPHA, RESAMPLES, SEED, compare, 
 
 
 def parse_pairs(items: list[str], multi: bool) -> dict[str, list[str]]:
+    """``field=v1,v2`` (``--grid``, multi) or ``field=value`` (``--set``). A ``--set`` value may be empty
+    (``dev_negatives=``: the command line's ``--dev_negatives ""``, a field switched off); a grid value may not."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key or not value:
+        if not sep or not key or (multi and not value):
             raise DretrieverError(f"{'--grid' if multi else '--set'}: expected field=value, got {item!r}")
         out[key] = value.split(",") if multi else [value]
     return out
