@@ -72,15 +72,11 @@ def test_sweep_rejects_a_malformed_grid(tmp_path):
 
 
 def test_sweep_set_takes_an_empty_value_and_grid_does_not():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sweep_train", REPO / "eval" / "sweep_train.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
-    assert sweep.parse_pairs(["dev_negatives=", "lr=2e-5"], multi=False) == {"dev_negatives": [""], "lr": ["2e-5"]}
-    assert sweep.parse_pairs(["lr=2e-5,1e-4"], multi=True) == {"lr": ["2e-5", "1e-4"]}
     from dretriever.errors import DretrieverError
+    from eval.sweep_train import parse_pairs
 
+    assert parse_pairs(["dev_negatives=", "lr=2e-5"], multi=False) == {"dev_negatives": [""], "lr": ["2e-5"]}
+    assert parse_pairs(["lr=2e-5,1e-4"], multi=True) == {"lr": ["2e-5", "1e-4"]}
     for bad, multi in ((["lr="], True), (["=1"], False), (["lr"], False)):
         with pytest.raises(DretrieverError, match="expected field=value"):
-            sweep.parse_pairs(bad, multi=multi)
+            parse_pairs(bad, multi=multi)
