@@ -8,10 +8,10 @@ from every process, and every query is scored against all of them (DRhard shares
 batch across its queries too). Loss: the pairwise softmax of :mod:`dretriever.train.losses.pairwise`,
 averaged over all valid (query, positive, negative) pairs; pairs whose negative is judged relevant to the
 query are masked out. ``loss: softmax`` swaps in one cross-entropy per query over the same candidates
-(the listwise loss of DPR / sentence-transformers' MultipleNegativesRankingLoss). On NFCorpus dev (lr 2e-5,
-2 epochs) the softmax scored 0.3186 against at most 0.3085 for the pairwise loss at that lr, level with
-sentence-transformers' fine-tune (``eval/reports/nfcorpus``); on SciFact, where lr 2e-4 and the pairwise loss
-were chosen, softmax at 2e-5 was under-trained (``eval/reports/sweeps``), so the default stays the paper's.
+(the listwise loss of DPR / sentence-transformers' MultipleNegativesRankingLoss). At lr 1e-4 the softmax
+holds SciFact's level (test 0.7843 against the pairwise recipe's 0.7883, ``eval/reports/star-softmax``) and on
+NFCorpus dev beats zero-shot where the pairwise recipe does not (``eval/reports/nfcorpus``); the default stays
+the paper's until ``recipes/star.yaml`` switches (see its comment).
 
 Many positives: each query takes one of its judged positives per epoch, drawn uniformly by a generator
 seeded with the seed and the epoch (so every positive gets its turn over the epochs, never always the
