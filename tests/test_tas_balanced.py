@@ -125,6 +125,22 @@ def test_build_pairs_uses_judged_positives_and_unjudged_negatives():
     assert {x.negative: x.margin for x in pairs["q1"] if x.positive == "p"} == {"a": -4.0, "c": 2.0}
 
 
+def test_build_pairs_positive_depth_keeps_positives_the_teacher_ranks_high():
+    teacher = {"q1": [("a", 5.0), ("p1", 4.5), ("b", 4.0), ("p2", 1.0), ("c", 0.5), ("p3", 3.0)],
+               "q2": [("x", 9.0), ("y", 8.0), ("p5", 1.0), ("p4", 2.0)]}
+    qrels = {"q1": {"p1": 1, "p2": 1, "p3": 2}, "q2": {"p4": 1, "p5": 1}}
+    every = build_pairs(teacher, qrels, depth=3)
+    assert {d for d, _ in every["q1"].positives} == {"p1", "p2", "p3"}
+    # top 3 by score: a 5.0, p1 4.5, b 4.0 (p3 sits 4th although listed last); q2 has no positive in its top 3
+    pairs = build_pairs(teacher, qrels, depth=3, positive_depth=3)
+    assert [d for d, _ in pairs["q1"].positives] == ["p1"]
+    assert [d for d, _ in pairs["q2"].positives] == ["p4"]  # its best-scored positive, not the first listed
+    assert pairs["q1"].negatives == every["q1"].negatives  # negatives do not depend on positive_depth
+    assert {d for d, _ in build_pairs(teacher, qrels, depth=3, positive_depth=4)["q1"].positives} == {"p1", "p3"}
+    with pytest.raises(DretrieverError, match="positive_depth"):
+        TasBalancedArgs(teacher=__file__, positive_depth=-1)
+
+
 # ------------------------------------------------------------------ the method
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):

@@ -42,6 +42,11 @@ positive with many low-margin pairs is not favoured); the pair loss is a mean ov
 in-batch loss a mean over queries of each query's mean over its valid (unmasked) columns, so neither
 grows with the positives. The pairs are never listed one by one (:class:`~dretriever.train.samplers.
 QueryPairs`). With one positive per query the draws are exactly those of earlier versions.
+``positive_depth`` (a choice of ours; matchmaker's MS MARCO queries have about one positive) keeps only the
+judged positives among the teacher's N highest-scored candidates (a query with none there keeps its best-scored
+positive): where judgments are many and shallow (NFCorpus: 42.7 per query, the teacher ranks a typical one at 209),
+a uniformly drawn positive scores below most of its negatives, and Margin-MSE then mostly teaches the order of
+weak positives under unjudged candidates.
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ class TasBalancedArgs:
                                                                 "(default 1.0, a factor)"})
     negative_depth: int = field(default=100, metadata={"help": "negatives: the teacher's top N unjudged documents "
                                                                "per query (default 100, documents)"})
+    positive_depth: int = field(default=0, metadata={"help": "positives: a query's judged documents among the "
+                                                             "teacher's N highest scores (default 0 = every judged "
+                                                             "document the teacher scored; a query with none there "
+                                                             "keeps its best-scored one; documents)"})
     margin_bins: int = field(default=10, metadata={"help": "equal-width bins of balanced margin sampling "
                                                            "(default 10, bins)"})
     n_clusters: int = field(default=0, metadata={"help": "k-means clusters of the training queries (default 0 = "
@@ -109,7 +118,7 @@ class TasBalancedArgs:
         for name in ("negative_depth", "margin_bins", "clusters_per_batch"):
             if getattr(self, name) <= 0:
                 raise DretrieverError(f"{name}: must be positive, got {getattr(self, name)}")
-        for name in ("n_clusters", "calibration_pairs"):
+        for name in ("n_clusters", "calibration_pairs", "positive_depth"):
             if getattr(self, name) < 0:
                 raise DretrieverError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if str(self.student_scale).strip().lower() == "auto":
@@ -133,14 +142,22 @@ ARGS = TasBalancedArgs
 
 
 def build_pairs(teacher: dict[str, list[tuple[str, float]]], qrels: dict[str, dict[str, int]], depth: int,
-                scale: float = 1.0) -> dict[str, QueryPairs]:
+                scale: float = 1.0, positive_depth: int = 0) -> dict[str, QueryPairs]:
     """Per query, every (judged positive, top-``depth`` unjudged candidate) pair scored by the teacher, kept as
-    the two lists (iterating a :class:`QueryPairs` gives the pairs)."""
+    the two lists (iterating a :class:`QueryPairs` gives the pairs).
+
+    ``positive_depth`` > 0 keeps only the judged positives among the query's ``positive_depth`` highest teacher
+    scores (every scored document counts, judged or not; ties in file order); a query with no positive there keeps
+    its one best-scored positive, so no query drops out."""
     pairs: dict[str, QueryPairs] = {}
     for qid, judged in qrels.items():
-        scored = dict(teacher.get(qid, []))
+        hits = teacher.get(qid, [])
+        scored = dict(hits)
         positives = [d for d, r in judged.items() if r > 0 and d in scored]
-        negatives = [d for d, _ in teacher.get(qid, []) if d not in judged][:depth]
+        if positive_depth and positives:
+            top = {d for d, _ in sorted(hits, key=lambda h: -h[1])[:positive_depth]}
+            positives = [d for d in positives if d in top] or [max(positives, key=lambda d: scored[d])]
+        negatives = [d for d, _ in hits if d not in judged][:depth]
         if positives and negatives:
             pairs[qid] = QueryPairs([(p, scale * scored[p]) for p in positives],
                                     [(n, scale * scored[n]) for n in negatives])
@@ -195,7 +212,11 @@ class TasBalanced(MethodBase):
             log.warning("teacher: the scores of %s look min-max normalised per query (all in [0, 1], each query's "
                         "maximum 1): their margins are not comparable across queries, so no one student_scale "
                         "matches them; prefer raw scores (e.g. a cross-encoder's logits)", a.teacher)
-        pairs = build_pairs(teacher, self.data.qrels, a.negative_depth, a.teacher_scale)
+        pairs = build_pairs(teacher, self.data.qrels, a.negative_depth, a.teacher_scale, a.positive_depth)
+        if a.positive_depth:
+            kept = sum(len(p.positives) for p in pairs.values())
+            log.info("positive_depth %d: %d positives over %d queries (%.1f per query) among the teacher's top %d",
+                     a.positive_depth, kept, len(pairs), kept / max(1, len(pairs)), a.positive_depth)
         if not pairs:
             raise DretrieverError(f"teacher: {a.teacher} scores no judged positive of the {ta.train_split} queries")
         if len(pairs) < len(self.data.queries):
