@@ -180,6 +180,25 @@ def test_batches_are_full_and_hold_every_query(toy, dense_teacher, tiny_model, t
     assert set(auto.clusters.tolist()) == {0}
 
 
+def test_positive_depth_at_setup_draws_the_teachers_best_positive(toy, dense_teacher, tiny_model, tmp_path, caplog):
+    from dretriever.teacher import read_teacher_scores
+
+    tas = _tas(toy, dense_teacher[0], tiny_model, tmp_path / "o", positive_depth=1, calibration_pairs=0,
+               student_scale=1.0)
+    with caplog.at_level(logging.INFO, logger="dretriever.train.tas_balanced"):
+        tas.setup(BiEncoder.from_pretrained(tiny_model), _Acc())
+    scores = {q: dict(h) for q, h in read_teacher_scores(dense_teacher[0]).items()}
+    assert sum(len([d for d in tas.data.qrels[q] if d in scores[q]]) > 1 for q in tas.qids) >= 3  # not vacuous
+    for qid in tas.qids:
+        judged = [d for d, r in tas.data.qrels[qid].items() if r > 0 and d in scores[qid]]
+        best = max(judged, key=lambda d: scores[qid][d])
+        assert [g.positive for g in tas.margins.groups[qid]] == [best]
+    assert all(p.positive == max((d for d, r in tas.data.qrels[q].items() if r > 0 and d in scores[q]),
+                                 key=lambda d: scores[q][d]) for b in tas.batches(0) for q, p in b)
+    assert any(f"positive_depth 1: {len(tas.qids)} positives over {len(tas.qids)} queries" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_margin_calibration_factor_logged_and_used(toy, dense_teacher, tiny_model, tmp_path, caplog):
     assert margin_calibration_factor([1.0, 2.0], [2.0, 4.0]) == 2.0
     assert margin_calibration_factor([1.0, 0.0], [3.0, 5.0]) == 3.0  # least squares: sum(s t) / sum(s^2)

@@ -215,8 +215,9 @@ class TasBalanced(MethodBase):
         pairs = build_pairs(teacher, self.data.qrels, a.negative_depth, a.teacher_scale, a.positive_depth)
         if a.positive_depth:
             kept = sum(len(p.positives) for p in pairs.values())
-            log.info("positive_depth %d: %d positives over %d queries (%.1f per query) among the teacher's top %d",
-                     a.positive_depth, kept, len(pairs), kept / max(1, len(pairs)), a.positive_depth)
+            log.info("positive_depth %d: %d positives over %d queries (%.1f per query; a query with none in the "
+                     "teacher's top %d keeps its best-scored one)", a.positive_depth, kept, len(pairs),
+                     kept / max(1, len(pairs)), a.positive_depth)
         if not pairs:
             raise DretrieverError(f"teacher: {a.teacher} scores no judged positive of the {ta.train_split} queries")
         if len(pairs) < len(self.data.queries):
