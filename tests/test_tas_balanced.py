@@ -189,12 +189,10 @@ def test_positive_depth_at_setup_draws_the_teachers_best_positive(toy, dense_tea
         tas.setup(BiEncoder.from_pretrained(tiny_model), _Acc())
     scores = {q: dict(h) for q, h in read_teacher_scores(dense_teacher[0]).items()}
     assert sum(len([d for d in tas.data.qrels[q] if d in scores[q]]) > 1 for q in tas.qids) >= 3  # not vacuous
-    for qid in tas.qids:
-        judged = [d for d, r in tas.data.qrels[qid].items() if r > 0 and d in scores[qid]]
-        best = max(judged, key=lambda d: scores[qid][d])
-        assert [g.positive for g in tas.margins.groups[qid]] == [best]
-    assert all(p.positive == max((d for d, r in tas.data.qrels[q].items() if r > 0 and d in scores[q]),
-                                 key=lambda d: scores[q][d]) for b in tas.batches(0) for q, p in b)
+    best = {q: max((d for d, r in tas.data.qrels[q].items() if r > 0 and d in scores[q]), key=scores[q].get)
+            for q in tas.qids}
+    assert all([g.positive for g in tas.margins.groups[q]] == [best[q]] for q in tas.qids)
+    assert all(p.positive == best[q] for b in tas.batches(0) for q, p in b)
     assert any(f"positive_depth 1: {len(tas.qids)} positives over {len(tas.qids)} queries" in r.getMessage()
                for r in caplog.records)
 
